@@ -1,0 +1,37 @@
+"""``python -m fatdispatch``: report, inspect and the packagers' commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._errors import FatDispatchError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fatdispatch",
+                                     description="Explain and manage fat (multi-build) extension modules.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("report", help="the detected hardware and, per installed fat module, its pick and why")
+    rep.add_argument("--json", action="store_true", help="print one JSON object")
+    ins = sub.add_parser("inspect", help="list the fat modules in a wheel, each build with its requirements and size")
+    ins.add_argument("wheel")
+    ins.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "report":
+            from ._report import print_report
+
+            return print_report(args.json)
+        if args.command == "inspect":
+            from .build._wheel import print_inspect
+
+            return print_inspect(args.wheel, args.json)
+    except FatDispatchError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
