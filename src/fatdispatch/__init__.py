@@ -6,8 +6,8 @@ that line); from then on ``import mypkg._core`` binds the best build of
 every decision.
 
 Public API: :func:`install`, :func:`explain`, :func:`loaded`, :func:`hardware`,
-:func:`fat_modules`, and the errors in :mod:`fatdispatch._errors`.  Everything
-else is private.  This module imports only what the import path needs.
+:func:`fat_modules` and the error classes.  Everything else is private.  The
+import path loads this module and :mod:`fatdispatch._runtime`, nothing more.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ from __future__ import annotations
 import os
 import sys
 
-from ._errors import ConfigError, FatDispatchError, ManifestError, NoUsableBuildError
-from ._loader import register as _register
+from ._runtime import ConfigError, FatDispatchError, ManifestError, NoUsableBuildError
+from ._runtime import register as _register
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterable, Mapping
 
-    from ._loader import LoadRecord
-    from ._select import Hardware, Selection
+    from ._runtime import Hardware, LoadRecord, Selection
 
 __version__ = "0.1.0"
 __all__ = ["install", "explain", "loaded", "hardware", "fat_modules", "FatDispatchError", "ManifestError",
@@ -66,7 +65,7 @@ def install(package: str, modules: Iterable[str] | None = None) -> None:
 
 def explain(module: str, env: Mapping[str, str] | None = None) -> Selection:
     """The ranked decision for a registered fat module, with a reason for every build. Loads nothing."""
-    from ._loader import decide, registered
+    from ._runtime import decide, registered
 
     folders = registered()
     if module not in folders:
@@ -77,19 +76,18 @@ def explain(module: str, env: Mapping[str, str] | None = None) -> Selection:
 
 def loaded(module: str) -> LoadRecord | None:
     """What happened when ``module`` was imported (the build bound and every failed attempt), or None."""
-    from ._loader import record
+    from ._runtime import record
 
     return record(module)
 
 
 def hardware(env: Mapping[str, str] | None = None, gpu: bool = True) -> Hardware:
     """The probed hardware (CPU always; NVIDIA GPUs when ``gpu``), with ``FATDISPATCH_DISABLE`` applied."""
-    from . import _cpu, _gpu
-    from ._select import Hardware, boolean, effective_hardware
+    from ._runtime import NO_GPU_PROBE, Hardware, boolean, effective_hardware, probe_cpu, probe_gpus
 
     env = os.environ if env is None else env
-    g = _gpu.probe_gpus(env, boolean(env, "FATDISPATCH_GPU_CACHE", True)) if gpu else _gpu.NO_GPU_PROBE
-    return effective_hardware(Hardware(cpu=_cpu.probe_cpu(), gpu=g), env)
+    g = probe_gpus(env, boolean(env, "FATDISPATCH_GPU_CACHE", True)) if gpu else NO_GPU_PROBE
+    return effective_hardware(Hardware(cpu=probe_cpu(), gpu=g), env)
 
 
 def fat_modules(paths: Iterable[str] | None = None) -> dict[str, str]:

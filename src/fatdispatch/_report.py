@@ -7,15 +7,15 @@ import os
 import sys
 
 from . import __version__, fat_modules, hardware
-from ._errors import FatDispatchError
-from ._manifest import read_manifest
-from ._select import describe_hardware, format_selection, select
+from ._runtime import FatDispatchError
+from ._runtime import read_manifest
+from ._runtime import describe_hardware, format_selection, select
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping
 
-    from ._select import Selection
+    from ._runtime import Selection
 
 
 def selection_json(sel: Selection) -> dict[str, Any]:

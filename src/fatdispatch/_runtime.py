@@ -1,0 +1,1663 @@
+"""fatdispatch's import path, in one module.
+
+Importing a fat module must add well under a millisecond, and on a slow VM
+every extra module costs ~100 us, so everything the import path needs lives
+here, in sections kept apart as separate layers:
+
+1. errors and value records;
+2. JSON reading (the C scanner behind :mod:`json`, without importing :mod:`json`);
+3. the manifest (what builds exist and what each requires);
+4. the CPU probe: raw probes, pure parsers, the cached accessor;
+5. the GPU facts: values, ``CUDA_VISIBLE_DEVICES`` rules, driver check, cache reading
+   (the NVML query itself is in :mod:`fatdispatch._nvml`, off the import path);
+6. the decision: a pure function of (manifest, hardware, environment);
+7. loading: the meta-path finder's spec and the loader that falls back build by build.
+"""
+
+from __future__ import annotations
+
+import _imp
+import _thread
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any, Callable, Iterator, Mapping, Sequence
+
+
+# ============================================================================
+# 1. Errors
+#
+# fatdispatch's error hierarchy.
+#
+# Everything the import path raises is an ``ImportError`` subclass, because that
+# is what code around ``import mypkg`` catches.  Messages say what happened and
+# what to do about it.
+# ============================================================================
+
+class FatDispatchError(ImportError):
+    """Base class of every error fatdispatch raises."""
+
+
+class ManifestError(FatDispatchError, ValueError):
+    """A manifest is missing, malformed, or from an incompatible schema.
+
+    ``path`` names the manifest file and ``field`` the JSON path of the bad value.
+    """
+
+    def __init__(self, path: str, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        where = f" (field {field})" if field else ""
+        super().__init__(f"fatdispatch: bad manifest {path}{where}: {problem}", path=path)
+
+
+class ConfigError(FatDispatchError, ValueError):
+    """A ``FATDISPATCH_*`` environment variable has a value that cannot be used."""
+
+    def __init__(self, variable: str, value: str, problem: str) -> None:
+        self.variable = variable
+        self.value = value
+        super().__init__(f"fatdispatch: {variable}={value!r}: {problem}")
+
+
+class NoUsableBuildError(FatDispatchError):
+    """No build of a fat module could be loaded; ``attempts`` says why for each."""
+
+    def __init__(self, message: str, *, name: str, attempts: tuple[tuple[str, str], ...] = ()) -> None:
+        self.attempts = attempts
+        super().__init__(message, name=name)
+
+
+# ============================================================================
+# 1b. Value records
+#
+# Small immutable value records.
+#
+# ``dataclasses`` imports ``inspect`` (several milliseconds); the import path of a
+# fat module must stay well under a millisecond, so the few value types use this
+# minimal base instead.  Subclasses list their fields in ``__slots__``.
+# ============================================================================
+
+class Record:
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        fields = self.__slots__
+        if len(args) > len(fields):
+            raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
+        values = dict(zip(fields, args))
+        for key, value in kwargs.items():
+            if key not in fields or key in values:
+                raise TypeError(f"{type(self).__name__}: bad field {key!r}")
+            values[key] = value
+        missing = [f for f in fields if f not in values]
+        if missing:
+            raise TypeError(f"{type(self).__name__}: missing {', '.join(missing)}")
+        for key in fields:
+            object.__setattr__(self, key, values[key])
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __iter__(self) -> Iterator[Any]:
+        return (getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and tuple(self) == tuple(other)  # type: ignore[arg-type]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *self))
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({body})"
+
+    def replace(self, **changes: Any) -> Any:
+        values = {f: getattr(self, f) for f in self.__slots__}
+        values.update(changes)
+        return type(self)(**values)
+
+
+# ============================================================================
+# 2. JSON
+#
+# Read small JSON files without importing :mod:`json`.
+#
+# ``import json`` pulls in :mod:`re` and costs over a millisecond in a fresh
+# interpreter.  The C scanner behind it (``_json.make_scanner``) is all a strict
+# reader needs, so the import path uses it directly and falls back to :mod:`json`
+# where the accelerator is missing.
+# ============================================================================
+
+_WHITESPACE = " \t\n\r"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+class _Context:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_no_constants)
+
+
+try:
+    import _json as _accel
+
+    _scan = _accel.make_scanner(_Context())
+except (ImportError, AttributeError):  # pragma: no cover - CPython always has it
+    _scan = None
+
+
+class JSONError(ValueError):
+    """The text is not one valid JSON document."""
+
+
+def json_loads(text: str) -> Any:
+    """Parse ``text`` strictly: one JSON value, no NaN/Infinity, nothing after it."""
+    if _scan is None:  # pragma: no cover
+        import json
+
+        try:
+            return json.loads(text, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            raise JSONError(str(exc)) from None
+    start = 0
+    length = len(text)
+    while start < length and text[start] in _WHITESPACE:
+        start += 1
+    try:
+        value, end = _scan(text, start)
+    except StopIteration as exc:
+        raise JSONError(f"invalid JSON at character {exc.value}") from None
+    except (ValueError, RecursionError) as exc:
+        raise JSONError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    while end < length and text[end] in _WHITESPACE:
+        end += 1
+    if end != length:
+        raise JSONError(f"extra data after the JSON value at character {end}")
+    return value
+
+
+def read_json(path: str, limit: int = 1 << 20) -> Any:
+    """Read and parse a UTF-8 JSON file no larger than ``limit`` bytes.
+
+    Raises :class:`OSError` for I/O problems and :class:`JSONError` for bad content.
+    """
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise JSONError(f"file is larger than {limit} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JSONError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    return json_loads(text)
+
+
+# ============================================================================
+# 3. The manifest
+#
+# The manifest: what builds a fat module ships and exactly what each requires.
+#
+# It lives at ``<package>/<module>.variants/manifest.json``.  The runtime reads
+# only this file, never the build-side catalog, so an old runtime can read a
+# newer wheel; a schema it does not know is refused with a clear error.
+#
+# Schema 1::
+#
+#     {"schema": 1, "module": "mypkg._core", "generator": "fatdispatch 0.1.0",
+#      "variants": [
+#        {"name": "x86-64-v3", "kind": "cpu", "file": "x86-64-v3/_core",
+#         "arch": "x86_64", "priority": 0,
+#         "requires": {"x86_64_level": 3, "features": ["avx", "avx2", ...]},
+#         "properties": ["x86_64 :: level :: v3"]},
+#        {"name": "cuda-sm90", "kind": "cuda", "file": "cuda-sm90/_core", "arch": "x86_64", "priority": 0,
+#         "requires": {"x86_64_level": 1, "features": [...],
+#                      "cuda": {"sass": ["90"], "ptx": [], "runtime": [13, 0]}},
+#         "properties": ["nvidia :: sm_arch :: 90_real", "nvidia :: cuda_version_lower_bound :: 13.0"]}]}
+#
+# ``file`` is relative to the variants folder and has no extension suffix: the
+# loader tries every suffix in ``importlib.machinery.EXTENSION_SUFFIXES``.
+# ``properties`` use the wheel-variant vocabulary (PEP 825/850 drafts) so a fat
+# wheel can be split into variant wheels.
+# ============================================================================
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+VARIANTS_SUFFIX = ".variants"
+KINDS = ("cpu", "cuda")
+MAX_VARIANTS = 256
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+_FILE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_TOP_FIELDS = frozenset(("schema", "module", "generator", "variants"))
+_VARIANT_FIELDS = frozenset(("name", "kind", "file", "arch", "priority", "requires", "properties"))
+_REQUIRES_FIELDS = frozenset(("features", "x86_64_level", "cuda"))
+_CUDA_FIELDS = frozenset(("sass", "ptx", "runtime"))
+
+
+class CudaTargets(Record):
+    """The GPU code a CUDA build carries: SASS targets (``"90"``, ``"90a"``, ``"100f"``), PTX targets, and
+    the CUDA runtime version it was built with."""
+
+    __slots__ = ("sass", "ptx", "runtime")
+    sass: tuple[str, ...]
+    ptx: tuple[str, ...]
+    runtime: tuple[int, int]
+
+
+class Variant(Record):
+    __slots__ = ("name", "kind", "file", "arch", "priority", "features", "x86_64_level", "cuda", "properties")
+    name: str
+    kind: str
+    file: str
+    arch: str
+    priority: int
+    features: frozenset[str]
+    x86_64_level: int | None
+    cuda: CudaTargets | None
+    properties: tuple[str, ...]
+
+
+class Manifest(Record):
+    __slots__ = ("module", "schema", "generator", "variants", "path")
+    module: str
+    schema: int
+    generator: str
+    variants: tuple[Variant, ...]
+    path: str
+
+    @property
+    def has_cuda(self) -> bool:
+        return any(v.kind == "cuda" for v in self.variants)
+
+
+def parse_sm(target: str) -> tuple[int, int, str]:
+    """``"90"`` -> (9, 0, ""), ``"90a"`` -> (9, 0, "a"), ``"100f"`` -> (10, 0, "f"); ValueError otherwise."""
+    suffix = ""
+    if target and target[-1] in "af":
+        target, suffix = target[:-1], target[-1]
+    if not (2 <= len(target) <= 3) or not target.isdigit() or not target.isascii():
+        raise ValueError("expected an SM number such as '90', '90a' or '100f'")
+    return int(target[:-1]), int(target[-1]), suffix
+
+
+class _Checker:
+    """Validates decoded JSON, raising one :class:`ManifestError` that names the file and the field."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, field: str, problem: str) -> ManifestError:
+        return ManifestError(self.path, field, problem)
+
+    def obj(self, value: Any, field: str, allowed: frozenset[str], required: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(field, f"expected an object, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(f"{field}.{key}" if field else key,
+                                f"unknown field (known: {', '.join(sorted(allowed))})")
+        for key in required:
+            if key not in value:
+                raise self.fail(f"{field}.{key}" if field else key, "missing")
+        return value
+
+    def string(self, value: Any, field: str, chars: frozenset[str] | None = None, maxlen: int = 128) -> str:
+        if not isinstance(value, str):
+            raise self.fail(field, f"expected a string, got {type(value).__name__}")
+        if not value or len(value) > maxlen:
+            raise self.fail(field, f"expected 1 to {maxlen} characters")
+        if chars is not None and not set(value) <= chars:
+            raise self.fail(field, f"{value!r} has characters outside {''.join(sorted(chars))!r}")
+        return value
+
+    def integer(self, value: Any, field: str, lo: int, hi: int) -> int:
+        if type(value) is not int:
+            raise self.fail(field, f"expected an integer, got {type(value).__name__}")
+        if not lo <= value <= hi:
+            raise self.fail(field, f"{value} is outside {lo}..{hi}")
+        return value
+
+    def strings(self, value: Any, field: str, chars: frozenset[str] | None = None, maxlen: int = 128) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(field, f"expected a list, got {type(value).__name__}")
+        if len(value) > 512:
+            raise self.fail(field, "more than 512 entries")
+        return tuple(self.string(v, f"{field}[{i}]", chars, maxlen) for i, v in enumerate(value))
+
+
+def _check_file(c: _Checker, value: Any, field: str) -> str:
+    rel = c.string(value, field, _FILE_CHARS | {"/"}, 255)
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise c.fail(field, f"{rel!r} must be a relative path inside the variants folder, without '.' or '..'")
+    return rel
+
+
+def _check_cuda(c: _Checker, value: Any, field: str) -> CudaTargets:
+    d = c.obj(value, field, _CUDA_FIELDS, ("sass", "ptx", "runtime"))
+    sass = c.strings(d["sass"], f"{field}.sass", _NAME_CHARS, 8)
+    ptx = c.strings(d["ptx"], f"{field}.ptx", _NAME_CHARS, 8)
+    for i, t in enumerate(sass):
+        try:
+            parse_sm(t)
+        except ValueError as exc:
+            raise c.fail(f"{field}.sass[{i}]", f"{t!r}: {exc}") from None
+    for i, t in enumerate(ptx):
+        try:
+            parse_sm(t)
+        except ValueError as exc:
+            raise c.fail(f"{field}.ptx[{i}]", f"{t!r}: {exc}") from None
+    if not sass and not ptx:
+        raise c.fail(field, "a CUDA build must carry at least one SASS or PTX target")
+    rt = d["runtime"]
+    if not (isinstance(rt, list) and len(rt) == 2):
+        raise c.fail(f"{field}.runtime", "expected [major, minor]")
+    major = c.integer(rt[0], f"{field}.runtime[0]", 1, 99)
+    minor = c.integer(rt[1], f"{field}.runtime[1]", 0, 99)
+    return CudaTargets(sass=sass, ptx=ptx, runtime=(major, minor))
+
+
+def parse_manifest(data: Any, path: str) -> Manifest:
+    """Validate decoded manifest JSON.  Pure: raises :class:`ManifestError` and nothing else."""
+    c = _Checker(path)
+    if isinstance(data, dict) and "schema" in data:
+        schema = data["schema"]
+        if type(schema) is int and schema > SCHEMA_VERSION:
+            raise c.fail("schema", f"schema {schema} was written by a newer fatdispatch; this runtime reads schema "
+                                   f"{SCHEMA_VERSION}: upgrade fatdispatch (pip install -U fatdispatch)")
+    top = c.obj(data, "", _TOP_FIELDS, ("schema", "module", "variants"))
+    c.integer(top["schema"], "schema", SCHEMA_VERSION, SCHEMA_VERSION)
+    module = c.string(top["module"], "module", _FILE_CHARS, 200)
+    generator = c.string(top.get("generator", "unknown"), "generator", None, 200)
+    raw_variants = top["variants"]
+    if not isinstance(raw_variants, list) or not raw_variants:
+        raise c.fail("variants", "expected a non-empty list")
+    if len(raw_variants) > MAX_VARIANTS:
+        raise c.fail("variants", f"more than {MAX_VARIANTS} builds")
+    variants = []
+    names: set[str] = set()
+    for i, raw in enumerate(raw_variants):
+        f = f"variants[{i}]"
+        v = c.obj(raw, f, _VARIANT_FIELDS, ("name", "kind", "file", "arch", "requires"))
+        name = c.string(v["name"], f"{f}.name", _NAME_CHARS, 64)
+        if name in names:
+            raise c.fail(f"{f}.name", f"duplicate build name {name!r}")
+        names.add(name)
+        kind = c.string(v["kind"], f"{f}.kind")
+        if kind not in KINDS:
+            raise c.fail(f"{f}.kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+        file = _check_file(c, v["file"], f"{f}.file")
+        arch = c.string(v["arch"], f"{f}.arch", _NAME_CHARS, 32)
+        priority = c.integer(v.get("priority", 0), f"{f}.priority", -1000, 1000)
+        req = c.obj(v["requires"], f"{f}.requires", _REQUIRES_FIELDS, ("features",))
+        features = frozenset(c.strings(req["features"], f"{f}.requires.features", _NAME_CHARS, 64))
+        level = None
+        if "x86_64_level" in req:
+            level = c.integer(req["x86_64_level"], f"{f}.requires.x86_64_level", 1, 4)
+        cuda = None
+        if kind == "cuda":
+            if "cuda" not in req:
+                raise c.fail(f"{f}.requires.cuda", "missing (required for kind 'cuda')")
+            cuda = _check_cuda(c, req["cuda"], f"{f}.requires.cuda")
+        elif "cuda" in req:
+            raise c.fail(f"{f}.requires.cuda", "only builds of kind 'cuda' may require CUDA")
+        props = c.strings(v.get("properties", []), f"{f}.properties", None, 200)
+        for j, p in enumerate(props):
+            if p.count("::") != 2:
+                raise c.fail(f"{f}.properties[{j}]", f"{p!r} is not 'namespace :: feature :: value'")
+        variants.append(Variant(name=name, kind=kind, file=file, arch=arch, priority=priority, features=features,
+                                x86_64_level=level, cuda=cuda, properties=props))
+    return Manifest(module=module, schema=SCHEMA_VERSION, generator=generator, variants=tuple(variants), path=path)
+
+
+def read_manifest(variants_dir: str) -> Manifest:
+    """Read ``<variants_dir>/manifest.json``; every problem is a :class:`ManifestError`."""
+    path = os.path.join(variants_dir, MANIFEST_NAME)
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise ManifestError(path, "", "the file is missing: the wheel was built without fatdispatch's build_ext, "
+                                      "or the install is incomplete (reinstall the package)") from None
+    except OSError as exc:
+        raise ManifestError(path, "", f"cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ManifestError(path, "", f"not valid JSON: {exc}") from None
+    return parse_manifest(data, path)
+
+
+# ============================================================================
+# 4. The CPU
+#
+# The CPU probe, in three layers.
+#
+# 1. Raw probes (``_raw_*``) ask the hardware or the OS and return plain data:
+#    CPUID registers and XCR0 from the compiled helper, auxv words, sysctl
+#    values, or the text of ``/proc/cpuinfo``.  They swallow only the errors they
+#    expect and return ``None`` when their source is missing.
+# 2. Pure parsers (``x86_from_cpuid``, ``from_cpuinfo``, ``aarch64_from_hwcaps``)
+#    turn raw data into a :class:`CPU` value.  Tests replay recorded machines
+#    through them.
+# 3. :func:`probe_cpu` picks the best raw source and caches the answer for the
+#    life of the process.  CPU facts are never cached on disk: valgrind, qemu and
+#    VM migration change them between runs.
+# ============================================================================
+
+_REG_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
+_TABLE_PATH = os.path.join(os.path.dirname(__file__), "_data", "cpu_features.json")
+_table: dict[str, Any] | None = None
+
+
+class CPU(Record):
+    """What the CPU can run, as seen by this process.
+
+    ``features`` holds canonical lower-case names (``sse4_2``, ``avx2``,
+    ``avx512f``) that are usable: present in CPUID *and* enabled by the OS.
+    ``x86_64_level`` is the psABI level (1-4) on x86-64, else ``None``.
+    ``notes`` explains every feature that was present but is not usable.
+    """
+
+    __slots__ = ("arch", "features", "x86_64_level", "vendor", "source", "notes")
+    arch: str
+    features: frozenset[str]
+    x86_64_level: int | None
+    vendor: str
+    source: str
+    notes: tuple[str, ...]
+
+
+def feature_table() -> dict[str, Any]:
+    """The CPU feature vocabulary (``_data/cpu_features.json``)."""
+    global _table
+    if _table is None:
+        _table = read_json(_TABLE_PATH)
+    return _table
+
+
+def normalize_arch(machine: str) -> str:
+    m = machine.lower()
+    if m in ("x86_64", "amd64", "x64"):
+        return "x86_64"
+    if m in ("aarch64", "arm64", "armv8l"):
+        return "aarch64"
+    if m in ("i386", "i486", "i586", "i686", "x86"):
+        return "i686"
+    return m
+
+
+# ---------------------------------------------------------------- pure parsers
+
+
+def x86_64_level(features: frozenset[str] | set[str], table: Mapping[str, Any] | None = None) -> int:
+    """The highest psABI level whose features, and those of every lower level, are all present.
+
+    Levels nest: with AVX2 masked off, AVX-512F alone does not make a v4 machine.
+    Returns 0 when even v1 is incomplete (an emulator with a trimmed CPU model).
+    """
+    levels = (table or feature_table())["x86"]["levels"]
+    level = 0
+    for n in ("1", "2", "3", "4"):
+        if not all(f in features for f in levels[n]):
+            break
+        level = int(n)
+    return level
+
+
+def x86_from_cpuid(raw: Mapping[str, Any], arch: str = "x86_64", source: str = "cpuid",
+                   table: Mapping[str, Any] | None = None) -> CPU:
+    """Turn raw CPUID leaves and XCR0 into a :class:`CPU`.
+
+    ``raw`` has the keys the compiled helper returns: ``max_leaf``, ``vendor``,
+    ``"1"``, ``"7"``, ``"7.1"``, ``max_ext``, ``"0x80000001"`` (each a 4-tuple
+    EAX, EBX, ECX, EDX), ``xcr0`` (``None`` when OSXSAVE is off), and optionally
+    ``amx_permission`` (``False`` when Linux refused AMX state) and
+    ``macos_avx512`` (``hw.optional.avx512f`` on macOS, whose kernel enables
+    the AVX-512 state lazily).
+    """
+    tab = table or feature_table()
+    x86 = tab["x86"]
+    present: set[str] = set()
+    for name, (leaf, reg, bit) in x86["bits"].items():
+        regs = raw.get(leaf)
+        if not regs:
+            continue
+        if (int(regs[_REG_INDEX[reg]]) >> bit) & 1:
+            present.add(name)
+    notes: list[str] = []
+    usable = set(present)
+    xcr0 = raw.get("xcr0")
+    for group, spec in sorted(x86["os_state"].items()):
+        if group == "comment":
+            continue
+        mask, members = spec
+        have = sorted(present.intersection(members))
+        if not have:
+            continue
+        if group == "zmm" and raw.get("macos_avx512"):
+            continue  # macOS enables ZMM state on first use; its sysctl says it will
+        if xcr0 is None:
+            usable.difference_update(have)
+            notes.append(f"OSXSAVE is off, so XGETBV cannot confirm OS support: {', '.join(have)} unusable")
+        elif (int(xcr0) & mask) != mask:
+            usable.difference_update(have)
+            notes.append(f"XCR0=0x{int(xcr0):x} lacks {group.upper()} state (mask 0x{mask:x}): "
+                         f"{', '.join(have)} unusable")
+        elif group == "amx" and raw.get("amx_permission") is False:
+            usable.difference_update(have)
+            notes.append(f"the kernel refused AMX tile permission (ARCH_REQ_XCOMP_PERM): {', '.join(have)} unusable")
+    if raw.get("translated"):
+        hidden = sorted(f for f in usable if f.startswith("avx512") or f.startswith("amx"))
+        usable.difference_update(hidden)
+        if hidden:
+            notes.append("running under Rosetta 2, which has no AVX-512 or AMX: " + ", ".join(hidden) + " unusable")
+    feats = frozenset(usable)
+    return CPU(arch=arch, features=feats, x86_64_level=x86_64_level(feats, tab) if arch == "x86_64" else None,
+               vendor=str(raw.get("vendor", "")), source=source, notes=tuple(notes))
+
+
+def aarch64_from_hwcaps(hwcap: int, hwcap2: int, source: str = "hwcap",
+                        table: Mapping[str, Any] | None = None) -> CPU:
+    """Turn Linux's ``AT_HWCAP``/``AT_HWCAP2`` words into a :class:`CPU`."""
+    tab = (table or feature_table())["aarch64"]
+    feats = {n for n, b in tab["hwcap"].items() if (hwcap >> b) & 1}
+    feats.update(n for n, b in tab["hwcap2"].items() if (hwcap2 >> b) & 1)
+    return CPU(arch="aarch64", features=frozenset(feats), x86_64_level=None, vendor="", source=source, notes=())
+
+
+def from_sysctl(values: Mapping[str, int | None], arch: str, table: Mapping[str, Any] | None = None) -> CPU:
+    """macOS arm64: ``hw.optional.*`` values (``None`` where the name does not exist)."""
+    tab = (table or feature_table())["aarch64"]
+    feats = {"fp"}
+    feats.update(n for n, key in tab["macos_sysctl"].items() if values.get(key))
+    return CPU(arch=arch, features=frozenset(feats), x86_64_level=None, vendor="Apple", source="sysctl", notes=())
+
+
+def from_cpuinfo(text: str, arch: str, table: Mapping[str, Any] | None = None) -> CPU:
+    """Parse the first processor's flags from ``/proc/cpuinfo`` text.
+
+    The fallback when the compiled helper is missing.  The kernel drops flags
+    whose XSAVE state it did not enable, but under an emulator it shows the
+    host's flags, so CPUID is always preferred.
+    """
+    tab = table or feature_table()
+    flags: list[str] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if flags:
+                break  # end of the first processor's block
+            continue
+        key = key.strip().lower()
+        if key in ("flags", "features"):
+            flags = value.split()
+            break
+    if arch == "x86_64":
+        aliases = tab["x86"]["cpuinfo_aliases"]
+        known = tab["x86"]["bits"]
+        feats = {aliases.get(f, f) for f in flags}
+        feats = {f for f in feats if f in known}
+        if "xsave" in feats and "avx" in feats:
+            feats.add("osxsave")  # the kernel lists avx only when it enabled the state with XSETBV
+        fs = frozenset(feats)
+        return CPU(arch=arch, features=fs, x86_64_level=x86_64_level(fs, tab), vendor="", source="proc-cpuinfo",
+                   notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
+    known = set(tab["aarch64"]["hwcap"]) | set(tab["aarch64"]["hwcap2"])
+    return CPU(arch=arch, features=frozenset(f for f in flags if f in known), x86_64_level=None, vendor="",
+               source="proc-cpuinfo", notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
+
+
+# ---------------------------------------------------------------- raw probes
+
+
+def _raw_native() -> Any:
+    try:
+        from . import _native
+    except ImportError:
+        return None
+    return _native
+
+
+def _raw_cpuinfo() -> str | None:
+    try:
+        fd = os.open("/proc/cpuinfo", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 16384).decode("utf-8", "replace")  # the first processor's block is ~2 KiB
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _machine() -> str:
+    if sys.platform == "win32":
+        return normalize_arch(os.environ.get("PROCESSOR_ARCHITECTURE", "AMD64"))
+    return normalize_arch(os.uname().machine)
+
+
+def _probe_cpu_uncached() -> CPU:
+    arch = _machine()
+    native = _raw_native()
+    if native is not None and arch == "x86_64" and hasattr(native, "x86"):
+        raw = dict(native.x86())
+        tab = feature_table()
+        if sys.platform == "darwin":
+            raw["translated"] = bool(native.sysctl("sysctl.proc_translated"))
+            raw["macos_avx512"] = bool(native.sysctl("hw.optional.avx512f"))
+        regs7 = raw.get("7") or (0, 0, 0, 0)
+        amx_mask = tab["x86"]["os_state"]["amx"][0]
+        if (regs7[3] >> 24) & 1 and raw.get("xcr0") is not None and (raw["xcr0"] & amx_mask) == amx_mask:
+            raw["amx_permission"] = bool(native.request_amx())
+        return x86_from_cpuid(raw, arch, "cpuid", tab)
+    if native is not None and arch == "aarch64" and hasattr(native, "hwcaps"):
+        h1, h2 = native.hwcaps()
+        return aarch64_from_hwcaps(h1, h2)
+    if native is not None and hasattr(native, "sysctl"):
+        tab = feature_table()["aarch64"]["macos_sysctl"]
+        return from_sysctl({key: native.sysctl(key) for key in set(tab.values())}, arch)
+    text = _raw_cpuinfo()
+    if text is not None:
+        return from_cpuinfo(text, arch)
+    return CPU(arch=arch, features=frozenset(), x86_64_level=0 if arch == "x86_64" else None, vendor="",
+               source="none", notes=("no CPU probe works here: only builds that require no features are usable",))
+
+
+_cpu_lock = _thread.allocate_lock()
+_cpu_cached: CPU | None = None
+cpu_probe_count = 0  # how many times the CPU was really probed (tests check it is 1)
+
+
+def probe_cpu() -> CPU:
+    """This process's CPU, probed once (thread-safe)."""
+    global _cpu_cached, cpu_probe_count
+    cpu = _cpu_cached
+    if cpu is not None:
+        return cpu
+    with _cpu_lock:
+        if _cpu_cached is None:
+            cpu_probe_count += 1
+            _cpu_cached = _probe_cpu_uncached()
+        return _cpu_cached
+
+
+def without(cpu: CPU, names: frozenset[str], why: str, table: Mapping[str, Any] | None = None) -> CPU:
+    """``cpu`` with ``names`` removed (``FATDISPATCH_DISABLE``).
+
+    Removing ``avx`` also removes everything that needs YMM state, and removing
+    ``avx512f`` everything that needs ZMM state; the level is recomputed.
+    """
+    tab = table or feature_table()
+    drop = set(names)
+    groups = tab["x86"]["os_state"]
+    if "avx" in drop:
+        drop.update(groups["ymm"][1])
+        drop.update(groups["zmm"][1])
+    if "avx512f" in drop:
+        drop.update(groups["zmm"][1])
+    removed = sorted(drop & cpu.features)
+    if not removed:
+        return cpu
+    feats = cpu.features - drop
+    level = x86_64_level(feats, tab) if cpu.arch == "x86_64" else None
+    return cpu.replace(features=feats, x86_64_level=level, notes=cpu.notes + (f"{why} removed {', '.join(removed)}",))
+
+
+# ============================================================================
+# 5. GPUs
+#
+# The NVIDIA GPU probe.
+#
+# * Where no NVIDIA driver is installed it costs one ``stat`` and imports nothing.
+# * Otherwise it asks NVML (``libnvidia-ml.so.1`` through :mod:`ctypes`, never
+#   ``pynvml``, whose import alone costs ~30 ms) for every device's compute
+#   capability and the driver's CUDA version, and checks that the CUDA driver
+#   library ``libcuda.so.1`` is really there (containers often mount NVML alone).
+# * It never initialises CUDA in this process: ``cuInit`` breaks CUDA in forked
+#   children.
+# * The answer is cached per user, keyed by boot id, driver version and the set
+#   of GPUs, so most process starts skip NVML entirely.  The cache only ever
+#   narrows what is usable: a build that fails to load with it in use drops it.
+#
+# ``CUDA_VISIBLE_DEVICES`` and ``CUDA_DEVICE_ORDER`` are applied afterwards by the
+# pure :func:`visible_gpus`, so the cache does not depend on them.
+# ============================================================================
+
+CACHE_SCHEMA = 1
+
+
+class GPU(Record):
+    """One physical NVIDIA GPU, in NVML (PCI bus) order."""
+
+    __slots__ = ("index", "name", "uuid", "compute_capability", "mig_uuids")
+    index: int
+    name: str
+    uuid: str
+    compute_capability: tuple[int, int]
+    mig_uuids: tuple[str, ...]
+
+
+class GPUs(Record):
+    """What the NVIDIA driver offers this process.
+
+    ``reason`` is ``None`` when CUDA builds may be considered, else why not
+    (no driver, NVML error, no libcuda...).  ``cuda_driver_version`` is the
+    highest CUDA version the driver supports, as ``(major, minor)``.
+    """
+
+    __slots__ = ("devices", "driver_version", "cuda_driver_version", "libcuda", "source", "reason")
+    devices: tuple[GPU, ...]
+    driver_version: str
+    cuda_driver_version: tuple[int, int] | None
+    libcuda: bool
+    source: str
+    reason: str | None
+
+
+NO_GPU_PROBE = GPUs(devices=(), driver_version="", cuda_driver_version=None, libcuda=False, source="skipped",
+                    reason="not probed: this module has no CUDA build or FATDISPATCH_FORCE rules CUDA out")
+
+
+def no_gpus(reason: str, source: str = "none") -> GPUs:
+    return GPUs(devices=(), driver_version="", cuda_driver_version=None, libcuda=False, source=source, reason=reason)
+
+
+# ---------------------------------------------------------------- visibility (pure)
+
+
+def _strtoul_prefix(text: str) -> int | None:
+    """The leading decimal digits of ``text`` as CUDA's strtoul reads them, or None."""
+    digits = ""
+    for ch in text:
+        if not ch.isdigit() or not ch.isascii():
+            break
+        digits += ch
+    return int(digits) if digits else None
+
+
+def visible_gpus(gpus: Sequence[GPU], env: Mapping[str, str]) -> tuple[tuple[GPU, ...], str | None]:
+    """The devices CUDA would show this process, and a note where it is uncertain.
+
+    Follows CUDA's rules for ``CUDA_VISIBLE_DEVICES``: unset means all; an empty
+    value or ``-1`` means none; entries are indices, ``GPU-<uuid prefix>`` or
+    ``MIG-<uuid>``; an invalid, out-of-range, negative or ambiguous entry ends
+    the list; a duplicate hides every device.  CUDA numbers devices fastest
+    first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; where that order cannot be
+    known (mixed models) an index is mapped to *every* device, so that the
+    chosen build runs whichever one it is.
+    """
+    devices = tuple(gpus)
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return devices, None
+    pci_order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST").strip().upper() == "PCI_BUS_ID"
+    uniform = len({g.compute_capability for g in devices}) <= 1
+    chosen: list[GPU] = []
+    note = None
+    uncertain = False
+    seen: set[str] = set()
+    for entry in value.split(","):
+        entry = entry.strip()
+        if not entry:
+            break
+        upper = entry.upper()
+        if upper.startswith("GPU-") or upper.startswith("MIG-"):
+            prefix = entry.lower()
+            if upper.startswith("MIG-"):
+                matches = [g for g in devices if any(m.lower().startswith(prefix) for m in g.mig_uuids)]
+            else:
+                matches = [g for g in devices if g.uuid.lower().startswith(prefix)]
+            if len(matches) != 1:
+                break  # unknown or ambiguous UUID ends the list
+            gpu = matches[0]
+            key = prefix
+        else:
+            if entry.startswith("-") or entry.startswith("+"):
+                break
+            idx = _strtoul_prefix(entry)
+            if idx is None or idx >= len(devices):
+                break
+            key = f"#{idx}"
+            if pci_order or uniform:
+                gpu = devices[idx]
+            else:
+                uncertain = True
+                gpu = devices[idx]
+        if key in seen:
+            return (), "CUDA_VISIBLE_DEVICES names a device twice, so CUDA shows none"
+        seen.add(key)
+        chosen.append(gpu)
+    if uncertain:
+        note = ("CUDA_VISIBLE_DEVICES uses indices with mixed GPU models and CUDA_DEVICE_ORDER is not "
+                "PCI_BUS_ID: CUDA orders them fastest first, so a build must run on every GPU")
+        return devices, note
+    result: list[GPU] = []
+    for g in chosen:
+        if g not in result:
+            result.append(g)
+    if not result:
+        note = f"CUDA_VISIBLE_DEVICES={value!r} hides every GPU"
+    return tuple(result), note
+
+
+# ---------------------------------------------------------------- driver presence and cache key (raw)
+
+
+def driver_present() -> tuple[bool, str]:
+    """One cheap check for an installed NVIDIA driver, before anything is imported."""
+    if sys.platform == "win32":
+        root = os.environ.get("SystemRoot", r"C:\Windows")
+        path = os.path.join(root, "System32", "nvml.dll")
+    elif sys.platform == "linux":
+        if os.path.exists("/proc/driver/nvidia/version"):
+            return True, ""
+        path = "/usr/lib/wsl/lib/libnvidia-ml.so.1"  # WSL2 has no /proc/driver/nvidia
+    else:
+        return False, f"no NVIDIA CUDA driver exists for {sys.platform}"
+    if os.path.exists(path):
+        return True, ""
+    return False, "no NVIDIA driver is installed (/proc/driver/nvidia/version is missing)"
+
+
+def _read_small(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def cache_key() -> dict[str, Any]:
+    """What must be unchanged for a cached GPU answer to hold."""
+    try:
+        gpus = sorted(os.listdir("/proc/driver/nvidia/gpus"))  # names only: reading files there can wake a GPU
+    except OSError:
+        gpus = []
+    return {"boot_id": _read_small("/proc/sys/kernel/random/boot_id").strip(),
+            "driver": _read_small("/proc/driver/nvidia/version").strip(),
+            "gpus": gpus, "machine": os.uname().machine if hasattr(os, "uname") else sys.platform,
+            "python_bits": sys.maxsize > 2**32}
+
+
+def cache_path(env: Mapping[str, str]) -> str | None:
+    base = env.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache"))
+    if not os.path.isabs(base):
+        return None
+    return os.path.join(base, "fatdispatch", f"gpu-v{CACHE_SCHEMA}.json")
+
+
+def _secure(st: os.stat_result) -> bool:
+    if sys.platform == "win32":
+        return True
+    return st.st_uid == os.getuid() and not (st.st_mode & 0o022)
+
+
+def gpus_from_json(data: Any, source: str) -> GPUs:
+    """Rebuild :class:`GPUs` from cached JSON; raises ValueError/TypeError/KeyError on any doubt."""
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    devices = []
+    for d in data["devices"]:
+        cc = d["compute_capability"]
+        if not (isinstance(cc, list) and len(cc) == 2 and all(type(x) is int and 0 <= x < 100 for x in cc)):
+            raise ValueError("bad compute capability")
+        if type(d["index"]) is not int or not isinstance(d["uuid"], str) or not isinstance(d["name"], str):
+            raise ValueError("bad device")
+        migs = d["mig_uuids"]
+        if not all(isinstance(m, str) for m in migs):
+            raise ValueError("bad MIG list")
+        devices.append(GPU(index=d["index"], name=d["name"], uuid=d["uuid"], compute_capability=(cc[0], cc[1]),
+                           mig_uuids=tuple(migs)))
+    cv = data["cuda_driver_version"]
+    if cv is not None and not (isinstance(cv, list) and len(cv) == 2 and all(type(x) is int for x in cv)):
+        raise ValueError("bad CUDA version")
+    reason = data["reason"]
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError("bad reason")
+    if type(data["libcuda"]) is not bool or not isinstance(data["driver_version"], str):
+        raise ValueError("bad driver facts")
+    return GPUs(devices=tuple(devices), driver_version=data["driver_version"],
+                cuda_driver_version=(cv[0], cv[1]) if cv else None, libcuda=data["libcuda"], source=source,
+                reason=reason)
+
+
+def read_cache(path: str, key: Mapping[str, Any]) -> GPUs | None:
+    """The cached answer, or None when missing, stale, insecure or malformed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not _secure(st) or st.st_size > 65536:
+            return None
+        data = json_loads(os.read(fd, 65536).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+    try:
+        if data.get("schema") != CACHE_SCHEMA or data.get("key") != dict(key):
+            return None
+        return gpus_from_json(data["gpus"], "cache")
+    except (AttributeError, ValueError, TypeError, KeyError):
+        return None
+
+
+def drop_cache(env: Mapping[str, str]) -> None:
+    path = cache_path(env)
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- the cached accessor
+
+_gpu_lock = _thread.allocate_lock()
+_gpu_cached: GPUs | None = None
+gpu_probe_count = 0
+
+
+def probe_gpus(env: Mapping[str, str] | None = None, use_cache: bool = True) -> GPUs:
+    """This machine's NVIDIA GPUs, probed once per process and cached per user on disk."""
+    global _gpu_cached, gpu_probe_count
+    if _gpu_cached is not None:
+        return _gpu_cached
+    with _gpu_lock:
+        if _gpu_cached is None:
+            gpu_probe_count += 1
+            _gpu_cached = _probe_gpus_uncached(os.environ if env is None else env, use_cache)
+        return _gpu_cached
+
+
+def _probe_gpus_uncached(env: Mapping[str, str], use_cache: bool) -> GPUs:
+    present, why = driver_present()
+    if not present:
+        return no_gpus(why)
+    key = cache_key()
+    path = cache_path(env) if use_cache else None
+    if path:
+        hit = read_cache(path, key)
+        if hit is not None:
+            return hit
+    from . import _nvml
+
+    result = _nvml.query_with_timeout(_nvml.query_nvml)
+    if path and "did not answer" not in (result.reason or ""):
+        _nvml.write_cache(path, key, result)
+    return result
+
+
+def forget_gpus() -> None:
+    """Drop the in-process GPU answer (the next probe asks again)."""
+    global _gpu_cached
+    with _gpu_lock:
+        _gpu_cached = None
+
+
+# ============================================================================
+# 6. The decision
+#
+# Choosing a build: a pure function of (manifest, hardware, environment).
+#
+# :func:`select` ranks every build of a manifest and gives every build that was
+# not chosen a reason.  It reads nothing and probes nothing: tests hand it
+# recorded machines and plain dicts for the environment.
+#
+# Ranking, best first:
+#
+# 1. usable CUDA builds (only when a usable NVIDIA GPU is visible): exact SASS for
+#    every visible GPU, then compatible SASS, then PTX (JIT); then the packager's
+#    priority; then the highest SM;
+# 2. usable CPU builds: the packager's ``priority`` (default 0), then the
+#    x86-64 level, then the number of required features.
+#
+# Environment (all case-insensitive values):
+#
+# ``FATDISPATCH_FORCE``
+#     ``[module:]value[,...]`` where value is a build name, ``cpu`` (best CPU
+#     build), ``cuda`` (best CUDA build) or ``baseline`` (the lowest CPU build).
+#     Aliases: ``avx512`` = ``x86-64-v4``, ``avx2`` = ``x86-64-v3``,
+#     ``sse4`` = ``x86-64-v2``, ``v1`` .. ``v4``, ``gpu`` = ``cuda``.
+# ``FATDISPATCH_UNSAFE_FORCE=1``
+#     load a forced build even where this machine cannot run it.
+# ``FATDISPATCH_DISABLE``
+#     comma-separated CPU feature names to treat as absent.
+# ``FATDISPATCH_VERBOSE=1``
+#     print the decision to stderr.
+# ``FATDISPATCH_GPU_CACHE=0``
+#     do not read or write the per-user GPU cache.
+# ============================================================================
+
+KNOWN_VARIABLES = ("FATDISPATCH_FORCE", "FATDISPATCH_UNSAFE_FORCE", "FATDISPATCH_DISABLE", "FATDISPATCH_VERBOSE",
+                   "FATDISPATCH_GPU_CACHE")
+CATEGORIES = ("cpu", "cuda", "baseline")
+ALIASES = {"avx512": "x86-64-v4", "avx2": "x86-64-v3", "sse4": "x86-64-v2", "v4": "x86-64-v4",
+           "v3": "x86-64-v3", "v2": "x86-64-v2", "v1": "baseline", "x86-64-v1": "baseline", "gpu": "cuda"}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+MATCH_NAMES = {3: "exact SASS", 2: "compatible SASS", 1: "PTX (JIT-compiled at first load)"}
+
+
+class Hardware(Record):
+    __slots__ = ("cpu", "gpu")
+    cpu: CPU
+    gpu: GPUs
+
+
+class Candidate(Record):
+    """One build, whether it can run here (``usable``), and why it was or was not chosen."""
+
+    __slots__ = ("variant", "usable", "reason", "score")
+    variant: Variant
+    usable: bool
+    reason: str
+    score: tuple[int, ...]
+
+
+class Selection(Record):
+    """The ranked decision for one fat module.
+
+    ``order`` names the builds the loader tries, in order (normally every usable
+    build, best first).  ``error`` is set when nothing may be loaded, with the
+    reason; ``candidates`` lists every build, ``order`` first.
+    """
+
+    __slots__ = ("module", "candidates", "order", "forced", "hardware", "notes", "error")
+    module: str
+    candidates: tuple[Candidate, ...]
+    order: tuple[str, ...]
+    forced: str | None
+    hardware: Hardware
+    notes: tuple[str, ...]
+    error: str | None
+
+    @property
+    def chosen(self) -> str | None:
+        return self.order[0] if self.order else None
+
+    def candidate(self, name: str) -> Candidate:
+        for c in self.candidates:
+            if c.variant.name == name:
+                return c
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------- environment
+
+
+def boolean(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(name, raw, "expected 1/true/yes/on or 0/false/no/off")
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """Messages for ``FATDISPATCH_*`` names that fatdispatch does not know (typos)."""
+    out = []
+    for key in env:
+        if key.upper().startswith("FATDISPATCH_") and key not in KNOWN_VARIABLES:
+            close = _close(key.upper(), KNOWN_VARIABLES)
+            hint = f"; did you mean {close}?" if close else f"; known: {', '.join(KNOWN_VARIABLES)}"
+            out.append(f"fatdispatch: ignoring unknown environment variable {key}{hint}")
+    return out
+
+
+def _close(word: str, options: tuple[str, ...] | list[str]) -> str | None:
+    """A cheap "did you mean": the option sharing the most characters in order (no difflib import)."""
+    best, best_score = None, 0.0
+    for opt in options:
+        # longest common subsequence ratio
+        prev = [0] * (len(opt) + 1)
+        for ch in word:
+            cur = [0]
+            for j, oc in enumerate(opt):
+                cur.append(prev[j] + 1 if ch == oc else max(prev[j + 1], cur[j]))
+            prev = cur
+        score = 2.0 * prev[-1] / (len(word) + len(opt))
+        if score > best_score:
+            best, best_score = opt, score
+    return best if best_score >= 0.75 else None
+
+
+def disabled_features(env: Mapping[str, str], known: set[str] | frozenset[str]) -> frozenset[str]:
+    raw = env.get("FATDISPATCH_DISABLE")
+    if raw is None:
+        return frozenset()
+    names = [n.strip().lower() for n in raw.replace(" ", ",").split(",")]
+    names = [n for n in names if n]
+    bad = [n for n in names if n not in known]
+    if bad:
+        close = _close(bad[0], sorted(known))
+        hint = f" (did you mean {close!r}?)" if close else ""
+        raise ConfigError("FATDISPATCH_DISABLE", raw,
+                          f"unknown CPU feature {bad[0]!r}{hint}; known features: {', '.join(sorted(known))}")
+    return frozenset(names)
+
+
+def force_for(module: str, env: Mapping[str, str]) -> str | None:
+    """The ``FATDISPATCH_FORCE`` value that applies to ``module``, lower-cased, or None.
+
+    A ``module:value`` item wins over a bare value; two different items for the
+    same module are an error.
+    """
+    raw = env.get("FATDISPATCH_FORCE")
+    if raw is None or not raw.strip():
+        return None
+    generic: list[str] = []
+    specific: list[str] = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        mod, sep, value = item.rpartition(":")
+        value = value.strip().lower()
+        if not value or "/" in value or "\\" in value:
+            raise ConfigError("FATDISPATCH_FORCE", raw, f"{item!r} is not a build name (a value never names a file)")
+        if not sep:
+            generic.append(value)
+        elif mod.strip().lower() == module.lower():
+            specific.append(value)
+    chosen = specific or generic
+    if len(set(chosen)) > 1:
+        raise ConfigError("FATDISPATCH_FORCE", raw, f"asks for several builds of {module}: {', '.join(chosen)}")
+    return chosen[0] if chosen else None
+
+
+def effective_hardware(hw: Hardware, env: Mapping[str, str]) -> Hardware:
+    """``hw`` with ``FATDISPATCH_DISABLE`` applied."""
+    table = feature_table()
+    if hw.cpu.arch == "aarch64":
+        known = set(table["aarch64"]["hwcap"]) | set(table["aarch64"]["hwcap2"])
+    else:
+        known = set(table["x86"]["bits"])
+    off = disabled_features(env, known)
+    if not off:
+        return hw
+    return hw.replace(cpu=without(hw.cpu, off, "FATDISPATCH_DISABLE", table))
+
+
+# ---------------------------------------------------------------- judging one build
+
+
+def _missing_features(v: Variant, cpu: CPU) -> str | None:
+    if v.arch != cpu.arch:
+        return f"built for {v.arch}; this machine is {cpu.arch}"
+    missing = sorted(v.features - cpu.features)
+    if v.x86_64_level is not None and (cpu.x86_64_level or 0) < v.x86_64_level and not missing:
+        return f"needs x86-64-v{v.x86_64_level}; this CPU is x86-64-v{cpu.x86_64_level or 0}"
+    if not missing:
+        return None
+    text = f"needs {', '.join(missing)}, which this CPU lacks"
+    if v.x86_64_level is not None and (cpu.x86_64_level or 0) < v.x86_64_level:
+        text = f"needs x86-64-v{v.x86_64_level}; this CPU is x86-64-v{cpu.x86_64_level or 0} (lacks {', '.join(missing)})"
+    related = [n for n in cpu.notes if any(m in n for m in missing)]
+    if related:
+        text += " [" + "; ".join(related) + "]"
+    return text
+
+
+def sm_fit(sass: tuple[str, ...], ptx: tuple[str, ...], cc: tuple[int, int]) -> int:
+    """How a CUDA build's code fits one GPU: 3 exact SASS, 2 compatible SASS, 1 PTX, 0 none.
+
+    Real ``sm_XY`` SASS runs on X.Y' with the same major and Y' >= Y; ``sm_XYa``
+    only on exactly X.Y; ``sm_XYf`` on the same major with Y' >= Y (its family);
+    PTX ``compute_XY`` JIT-compiles for any capability >= X.Y (``compute_XYa``
+    only for exactly X.Y).
+    """
+    best = 0
+    for t in sass:
+        major, minor, suffix = parse_sm(t)
+        if suffix == "a":
+            fit = 3 if cc == (major, minor) else 0
+        elif cc[0] == major and cc[1] >= minor:
+            fit = 3 if cc[1] == minor else 2
+        else:
+            fit = 0
+        best = max(best, fit)
+    if best:
+        return best
+    for t in ptx:
+        major, minor, suffix = parse_sm(t)
+        if (suffix == "a" and cc == (major, minor)) or (suffix != "a" and cc >= (major, minor)):
+            return 1
+    return 0
+
+
+def _targets_text(v: Variant) -> str:
+    assert v.cuda is not None
+    parts = [f"sm_{t}" for t in v.cuda.sass] + [f"compute_{t} (PTX)" for t in v.cuda.ptx]
+    return ", ".join(parts)
+
+
+def _judge_cuda(v: Variant, gpu: GPUs, visible: tuple[GPU, ...], vis_note: str | None) -> tuple[str | None, int]:
+    assert v.cuda is not None
+    if gpu.reason is not None:
+        return f"no usable NVIDIA GPU: {gpu.reason}", 0
+    if not visible:
+        return f"no usable NVIDIA GPU: {vis_note or 'none visible'}", 0
+    drv = gpu.cuda_driver_version
+    need = v.cuda.runtime
+    if drv is None or drv < need:
+        have = f"{drv[0]}.{drv[1]}" if drv else "unknown"
+        return (f"built with CUDA {need[0]}.{need[1]}, but the driver supports CUDA {have}: "
+                f"update the NVIDIA driver (CUDA 13 needs driver >= 580)"), 0
+    fits = []
+    for g in visible:
+        fit = sm_fit(v.cuda.sass, v.cuda.ptx, g.compute_capability)
+        if fit == 0:
+            cc = g.compute_capability
+            return (f"no code for GPU {g.index} ({g.name}, compute capability {cc[0]}.{cc[1]}): "
+                    f"the build carries {_targets_text(v)}"), 0
+        fits.append(fit)
+    return None, min(fits)
+
+
+# ---------------------------------------------------------------- the decision
+
+
+def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str]) -> Selection:
+    """Rank every build of ``manifest`` for ``hardware`` under ``env``.
+
+    Pure.  Raises :class:`ConfigError` only for malformed ``FATDISPATCH_*``
+    values; every other problem is recorded in the returned selection.
+    """
+    module = manifest.module
+    hw = effective_hardware(hardware, env)
+    forced = force_for(module, env)
+    unsafe = boolean(env, "FATDISPATCH_UNSAFE_FORCE")
+    notes: list[str] = []
+    visible, vis_note = visible_gpus(hw.gpu.devices, env)
+    if vis_note:
+        notes.append(vis_note)
+
+    judged: list[tuple[Variant, str | None, tuple[int, ...]]] = []
+    for idx, v in enumerate(manifest.variants):
+        why = _missing_features(v, hw.cpu)
+        fit = 0
+        if why is None and v.kind == "cuda":
+            why, fit = _judge_cuda(v, hw.gpu, visible, vis_note)
+        score = (1 if v.kind == "cuda" else 0, fit, v.priority, v.x86_64_level or 0, len(v.features),
+                 _max_sm(v), -idx)
+        judged.append((v, why, score))
+
+    usable = sorted(((v, s) for v, why, s in judged if why is None), key=lambda p: p[1], reverse=True)
+    order = [v.name for v, _ in usable]
+    error = None
+    if forced is not None:
+        order, error = _apply_force(forced, manifest, judged, usable, unsafe, env)
+    elif not order:
+        error = f"no build of {module} can run on this machine"
+
+    best = order[0] if order else None
+    cands: list[Candidate] = []
+    for v, why, score in judged:
+        if why is not None:
+            reason = why
+        elif v.name == best:
+            reason = "chosen" + (f" (FATDISPATCH_FORCE={forced})" if forced else "") + ": " + _describe(v, score)
+        elif v.name in order:
+            reason = f"usable; ranked below {best} ({_describe(v, score)})"
+        else:
+            reason = f"usable, but FATDISPATCH_FORCE={forced} rules it out"
+        if why is not None and v.name in order:
+            reason = f"forced with FATDISPATCH_UNSAFE_FORCE although: {why}"
+        cands.append(Candidate(variant=v, usable=why is None, reason=reason, score=score))
+    rank = {name: i for i, name in enumerate(order)}
+    cands.sort(key=lambda c: (rank.get(c.variant.name, len(rank)), not c.usable, [-x for x in c.score]))
+    return Selection(module=module, candidates=tuple(cands), order=tuple(order), forced=forced, hardware=hw,
+                     notes=tuple(notes), error=error)
+
+
+def _max_sm(v: Variant) -> int:
+    if v.cuda is None:
+        return 0
+    return max((parse_sm(t)[0] * 10 + parse_sm(t)[1] for t in v.cuda.sass + v.cuda.ptx), default=0)
+
+
+def _describe(v: Variant, score: tuple[int, ...]) -> str:
+    if v.kind == "cuda":
+        return f"CUDA, {MATCH_NAMES.get(score[1], 'no fit')}, carries {_targets_text(v)}"
+    level = f"x86-64-v{v.x86_64_level}" if v.x86_64_level else v.arch
+    return f"CPU, {level}, priority {v.priority}"
+
+
+def _apply_force(forced: str, manifest: Manifest, judged: list[tuple[Variant, str | None, tuple[int, ...]]],
+                 usable: list[tuple[Variant, tuple[int, ...]]], unsafe: bool,
+                 env: Mapping[str, str]) -> tuple[list[str], str | None]:
+    module = manifest.module
+    raw = env.get("FATDISPATCH_FORCE", "")
+    token = ALIASES.get(forced, forced)
+    names = {v.name.lower(): v for v in manifest.variants}
+    if token == "cpu" or token == "cuda":
+        order = [v.name for v, _ in usable if v.kind == token]
+        if order:
+            return order, None
+        if unsafe:
+            ranked = sorted((p for p in judged if p[0].kind == token), key=lambda p: p[2], reverse=True)
+            if ranked:
+                return [v.name for v, _, _ in ranked], None
+        kinds = [f"{v.name}: {why}" for v, why, _ in judged if v.kind == token]
+        detail = "; ".join(kinds) if kinds else f"{module} has no {token.upper()} build"
+        return [], (f"FATDISPATCH_FORCE={raw} asks for a {token.upper()} build of {module}, but none can run here "
+                    f"({detail})")
+    if token == "baseline" and "baseline" not in names:
+        cpus = [p for p in judged if p[0].kind == "cpu"]
+        if cpus:
+            token = min(cpus, key=lambda p: (p[0].x86_64_level or 0, len(p[0].features)))[0].name.lower()
+    target = names.get(token)
+    if target is None:
+        valid = sorted({v.name for v in manifest.variants} | set(CATEGORIES))
+        aliases = sorted(a for a, t in ALIASES.items() if t in names or t in CATEGORIES)
+        raise ConfigError("FATDISPATCH_FORCE", raw,
+                          f"{module} has no build {forced!r}; valid values: {', '.join(valid)}"
+                          + (f" (aliases: {', '.join(aliases)})" if aliases else ""))
+    why = next(w for v, w, _ in judged if v is target)
+    if why is None or unsafe:
+        return [target.name], None
+    return [], (f"FATDISPATCH_FORCE={raw} asks for build {target.name!r} of {module}, but this machine cannot run "
+                f"it: {why}. Unset FATDISPATCH_FORCE, or set FATDISPATCH_UNSAFE_FORCE=1 to load it anyway "
+                f"(it may crash with an illegal instruction)")
+
+
+def format_selection(sel: Selection) -> str:
+    """A human-readable account of the decision, one line per build."""
+    lines = []
+    if sel.error:
+        lines.append(f"{sel.module}: nothing can be loaded: {sel.error}")
+    else:
+        lines.append(f"{sel.module} -> {sel.chosen}")
+    for c in sel.candidates:
+        mark = "*" if c.variant.name == sel.chosen else ("+" if c.usable else "-")
+        lines.append(f"  {mark} {c.variant.name:<16} {c.reason}")
+    for n in sel.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def describe_hardware(hw: Hardware) -> dict[str, Any]:
+    """The hardware as plain JSON-ready data (``report --json``)."""
+    cpu = hw.cpu
+    gpus = []
+    for g in hw.gpu.devices:
+        gpus.append({"index": g.index, "name": g.name, "uuid": g.uuid,
+                     "compute_capability": f"{g.compute_capability[0]}.{g.compute_capability[1]}",
+                     "cuda_driver_version": (f"{hw.gpu.cuda_driver_version[0]}.{hw.gpu.cuda_driver_version[1]}"
+                                             if hw.gpu.cuda_driver_version else None),
+                     "mig_uuids": list(g.mig_uuids)})
+    return {"cpu": {"arch": cpu.arch, "features": sorted(cpu.features), "x86_64_level": cpu.x86_64_level,
+                    "vendor": cpu.vendor, "source": cpu.source, "notes": list(cpu.notes)},
+            "gpus": gpus,
+            "gpu_driver": {"driver_version": hw.gpu.driver_version or None,
+                           "cuda_driver_version": (".".join(map(str, hw.gpu.cuda_driver_version))
+                                                   if hw.gpu.cuda_driver_version else None),
+                           "libcuda": hw.gpu.libcuda, "source": hw.gpu.source, "reason": hw.gpu.reason}}
+
+
+# ============================================================================
+# 7. Loading
+#
+# Binding: a meta-path finder that answers only for registered fat modules.
+#
+# ``install("mypkg", ["_core"])`` registers ``mypkg._core``.  On its import the
+# finder reads the manifest, probes the hardware (once per process), asks the
+# pure :func:`~fatdispatch._select.select` for a ranked order, and returns a spec
+# whose loader tries each build with CPython's own extension machinery
+# (``_imp.create_dynamic``) under the stable name.  Nothing is loaded before the
+# decision; a build that fails to load is recorded and the next one tried.
+#
+# The module object is the extension itself: no proxy, so calls cost exactly what
+# they cost without fatdispatch.  It carries ``__fatdispatch_variant__``.
+# ============================================================================
+
+_registry: dict[str, str] = {}  # full module name -> its variants folder
+_records: dict[str, LoadRecord] = {}
+_registry_lock = _thread.RLock()
+
+
+class LoadRecord(Record):
+    """What happened when a fat module was imported."""
+
+    __slots__ = ("module", "variant", "path", "selection", "attempts")
+    module: str
+    variant: str | None
+    path: str | None
+    selection: Selection
+    attempts: tuple[tuple[str, str], ...]  # (build, why it failed)
+
+
+class FatFinder:
+    """Answers ``find_spec`` for registered fat modules only; ``None`` for everything else."""
+
+    _fatdispatch_finder = True
+
+    @staticmethod
+    def find_spec(fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None) -> ModuleSpec | None:
+        variants_dir = _registry.get(fullname)
+        if variants_dir is None:
+            return None
+        return _find_spec(fullname, variants_dir)
+
+    @staticmethod
+    def invalidate_caches() -> None:
+        pass
+
+
+def register(fullname: str, variants_dir: str) -> None:
+    with _registry_lock:
+        _registry[fullname] = variants_dir
+        if not any(getattr(f, "_fatdispatch_finder", False) for f in sys.meta_path):
+            sys.meta_path.insert(0, FatFinder)  # type: ignore[arg-type]
+
+
+def registered() -> dict[str, str]:
+    return dict(_registry)
+
+
+def record(fullname: str) -> LoadRecord | None:
+    return _records.get(fullname)
+
+
+# ---------------------------------------------------------------- deciding
+
+
+def hardware_for(manifest: Manifest, env: Mapping[str, str]) -> Hardware:
+    """Probe what this manifest needs: the CPU always; NVIDIA GPUs only if a CUDA build could be chosen."""
+    cpu = probe_cpu()
+    gpu = NO_GPU_PROBE
+    if manifest.has_cuda:
+        forced = force_for(manifest.module, env)
+        cpu_only = forced is not None and any(v.name.lower() == forced and v.kind == "cpu" for v in manifest.variants)
+        if forced not in ("cpu", "baseline") and not cpu_only:
+            gpu = probe_gpus(env, use_cache=boolean(env, "FATDISPATCH_GPU_CACHE", True))
+    return Hardware(cpu=cpu, gpu=gpu)
+
+
+def decide(fullname: str, variants_dir: str, env: Mapping[str, str] | None = None) -> Selection:
+    """Read the manifest, probe, and select: everything short of loading."""
+    env = os.environ if env is None else env
+    manifest = read_manifest(variants_dir)
+    if manifest.module != fullname:
+        raise ManifestError(manifest.path, "module",
+                            f"describes {manifest.module!r} but was found for {fullname!r}: the build is misplaced")
+    return select(manifest, hardware_for(manifest, env), env)
+
+
+def _find_spec(fullname: str, variants_dir: str) -> ModuleSpec:
+    env = os.environ
+    selection = decide(fullname, variants_dir, env)
+    _report_decision(selection, env)
+    spec = ModuleSpec(fullname, FatLoader(selection, variants_dir), origin=variants_dir)
+    return spec
+
+
+def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
+    for msg in unknown_variables(env):
+        sys.stderr.write(msg + "\n")
+    verbose = boolean(env, "FATDISPATCH_VERBOSE")
+    logging = sys.modules.get("logging")  # log only where the application already uses logging
+    if not verbose and logging is None:
+        return
+    text = format_selection(selection)
+    if verbose:
+        sys.stderr.write("".join(f"fatdispatch: {line}\n" for line in text.splitlines()))
+    if logging is not None:
+        logging.getLogger("fatdispatch").debug("%s", text)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _inside(path: str, folder: str) -> bool:
+    real = os.path.realpath(path)
+    root = os.path.realpath(folder)
+    return real.startswith(root + os.sep)
+
+
+def resolve_file(variants_dir: str, variant: Variant) -> tuple[str | None, str]:
+    """The build's file on disk (trying every extension suffix), or None and why not."""
+    base = os.path.join(variants_dir, *variant.file.split("/"))
+    tried = []
+    for suffix in EXTENSION_SUFFIXES:
+        candidate = base + suffix
+        if os.path.isfile(candidate):
+            if not _inside(candidate, variants_dir):
+                return None, f"{candidate} resolves outside {variants_dir} (a symlink?); refusing to load it"
+            return candidate, ""
+        tried.append(os.path.basename(candidate))
+    return None, f"file missing: {os.path.dirname(base)}/{{{','.join(tried)}}}"
+
+
+_ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "i686": 3, "ppc64le": 21, "s390x": 22}
+
+
+def check_elf(path: str, machine: str) -> str | None:
+    """Why ``path`` cannot be a loadable ELF object for ``machine``, or None.
+
+    ``dlopen`` of a truncated file maps segments past its end and dies with
+    SIGBUS when they are touched, so this is checked before loading: the ELF
+    header, the architecture, and that every program header and loadable
+    segment lies inside the file.  Non-Linux platforms are not checked.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+            if len(head) < 64 or head[:4] != b"\x7fELF":
+                return "not an ELF shared object"
+            if head[4] != 2 or head[5] != 1:
+                return "not a 64-bit little-endian ELF object"
+            le = int.from_bytes
+            em = le(head[18:20], "little")
+            want = _ELF_MACHINES.get(machine)
+            if want is not None and em != want:
+                names = {v: k for k, v in _ELF_MACHINES.items()}
+                return f"built for {names.get(em, f'ELF machine {em}')}, not {machine}"
+            phoff, phentsize, phnum = le(head[32:40], "little"), le(head[54:56], "little"), le(head[56:58], "little")
+            if phentsize < 56 or phnum == 0 or phoff + phentsize * phnum > size:
+                return f"truncated: {size} bytes cannot hold its program headers"
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    for i in range(phnum):
+        ph = table[i * phentsize:(i + 1) * phentsize]
+        if le(ph[0:4], "little") == 1:  # PT_LOAD
+            end = le(ph[8:16], "little") + le(ph[32:40], "little")  # p_offset + p_filesz
+            if end > size:
+                return f"truncated: a segment ends at byte {end}, the file has {size}"
+    return None
+
+
+class FatLoader:
+    """Loads the first build of ``selection.order`` that loads, under the stable name."""
+
+    def __init__(self, selection: Selection, variants_dir: str) -> None:
+        self.selection = selection
+        self.variants_dir = variants_dir
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType:
+        sel = self.selection
+        name = spec.name
+        attempts: list[tuple[str, str]] = []
+        if sel.error:
+            _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=())
+            raise NoUsableBuildError(f"fatdispatch: cannot import {name}: {sel.error}", name=name)
+        by_name = {c.variant.name: c.variant for c in sel.candidates}
+        for build in sel.order:
+            variant = by_name[build]
+            path, why = resolve_file(self.variants_dir, variant)
+            if path is None:
+                attempts.append((build, why))
+                continue
+            bad = check_elf(path, variant.arch)
+            if bad is not None:
+                attempts.append((build, f"{path}: {bad}"))
+                continue
+            try:
+                module = self._load(name, path, variant)
+            except BaseException as exc:  # noqa: BLE001 - any failure of one build means: try the next
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                attempts.append((build, f"{type(exc).__name__}: {exc}"))
+                if variant.kind == "cuda" and sel.hardware.gpu.source == "cache":
+                    drop_cache(os.environ)  # the cached GPU facts may be stale
+                continue
+            spec.origin = path
+            spec.has_location = True
+            module.__fatdispatch_variant__ = build  # type: ignore[attr-defined]
+            _records[name] = LoadRecord(module=name, variant=build, path=path, selection=sel,
+                                        attempts=tuple(attempts))
+            if attempts:
+                _warn_fallback(name, build, attempts)
+            return module
+        _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=tuple(attempts))
+        lines = "\n".join(f"  {b}: {why}" for b, why in attempts)
+        raise NoUsableBuildError(f"fatdispatch: no build of {name} could be loaded; tried:\n{lines}",
+                                 name=name, attempts=tuple(attempts))
+
+    @staticmethod
+    def _load(name: str, path: str, variant: Variant) -> ModuleType:
+        if any(f.startswith("amx") for f in variant.features):
+            from . import _native
+
+            if not _native.request_amx():
+                raise FatDispatchError("the kernel refused AMX tile permission (ARCH_REQ_XCOMP_PERM)")
+        subspec = ModuleSpec(name, ExtensionFileLoader(name, path), origin=path)
+        module = _imp.create_dynamic(subspec)
+        _imp.exec_dynamic(module)  # multi-phase init runs here, so a failing init can still fall back
+        return module  # type: ignore[no-any-return]
+
+    def exec_module(self, module: ModuleType) -> None:
+        pass  # executed in create_module
+
+
+def _warn_fallback(name: str, build: str, attempts: list[tuple[str, str]]) -> None:
+    text = "; ".join(f"{b}: {why}" for b, why in attempts)
+    msg = f"fatdispatch: {name} fell back to {build} after: {text}"
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("fatdispatch").warning("%s", msg)
+    else:
+        import _warnings
+
+        _warnings.warn(msg, RuntimeWarning, 3)

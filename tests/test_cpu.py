@@ -1,0 +1,186 @@
+"""The CPU probe: recorded machines replayed through the pure parser, masking rules, and the live probe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import CPU_FIXTURES, cpu_fixture, raw_fixture
+from fatdispatch import _runtime as _cpu
+
+V1 = {"cmov", "cx8", "fpu", "fxsr", "mmx", "sse", "sse2", "syscall"}
+V2 = {"cx16", "lahf_lm", "popcnt", "sse3", "sse4_1", "sse4_2", "ssse3"}
+V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe", "osxsave"}
+V4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+# What the recorded machines are known to be (qemu's CPU models; this machine's Xeon).
+KNOWN = {
+    "qemu-qemu64": (1, V1, {"popcnt", "sse4_2", "avx"}),
+    "qemu-nehalem": (2, V1 | V2, {"avx", "avx2", "movbe"}),
+    "qemu-haswell": (3, V1 | V2 | V3, {"avx512f"}),
+    "host-sapphirerapids-vm": (4, V1 | V2 | V3 | V4 | {"amx_tile", "avx512_fp16"}, set()),
+}
+
+
+def test_every_fixture_is_checked() -> None:
+    assert set(CPU_FIXTURES) == set(KNOWN)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_recorded_machine_levels(name: str) -> None:
+    level, must, must_not = KNOWN[name]
+    cpu = cpu_fixture(name)
+    assert cpu.x86_64_level == level
+    assert must <= cpu.features
+    assert not (must_not & cpu.features)
+
+
+def test_levels_nest() -> None:
+    feats = frozenset(V1 | V2 | V4 | (V3 - {"avx2"}))
+    assert _cpu.x86_64_level(feats) == 2  # AVX-512 without AVX2 is not v4
+
+
+def _mask(raw: dict, leaf: str, reg: int, bit: int) -> dict:
+    regs = list(raw[leaf])
+    regs[reg] &= ~(1 << bit)
+    return dict(raw, **{leaf: tuple(regs)})
+
+
+def test_osxsave_off_hides_avx_family() -> None:
+    raw = _mask(raw_fixture("host-sapphirerapids-vm"), "1", 2, 27)
+    raw["xcr0"] = None  # the helper never executes XGETBV without OSXSAVE
+    cpu = _cpu.x86_from_cpuid(raw)
+    assert cpu.x86_64_level == 2
+    assert not {"avx", "avx2", "fma", "avx512f", "amx_tile"} & cpu.features
+    assert any("OSXSAVE is off" in n for n in cpu.notes)
+
+
+def test_xcr0_without_avx512_state() -> None:
+    raw = dict(raw_fixture("host-sapphirerapids-vm"), xcr0=0x7)  # x87|SSE|AVX, no opmask/ZMM
+    cpu = _cpu.x86_from_cpuid(raw)
+    assert cpu.x86_64_level == 3
+    assert "avx2" in cpu.features and "avx512f" not in cpu.features and "avx512_fp16" not in cpu.features
+    assert any("ZMM" in n and "avx512f" in n for n in cpu.notes)
+
+
+def test_xcr0_without_amx_state_and_refused_permission() -> None:
+    raw = raw_fixture("host-sapphirerapids-vm")
+    assert "amx_tile" not in _cpu.x86_from_cpuid(dict(raw, xcr0=raw["xcr0"] & ~0x60000)).features
+    refused = _cpu.x86_from_cpuid(dict(raw, amx_permission=False))
+    assert "amx_tile" not in refused.features and "avx512f" in refused.features
+    assert any("ARCH_REQ_XCOMP_PERM" in n for n in refused.notes)
+
+
+def test_avx2_without_lzcnt_or_movbe_is_v2() -> None:
+    raw = raw_fixture("qemu-haswell")
+    no_lzcnt = _mask(raw, "0x80000001", 2, 5)
+    no_movbe = _mask(raw, "1", 2, 22)
+    for r in (no_lzcnt, no_movbe):
+        cpu = _cpu.x86_from_cpuid(r)
+        assert "avx2" in cpu.features and cpu.x86_64_level == 2
+
+
+def test_rosetta_hides_avx512() -> None:
+    cpu = _cpu.x86_from_cpuid(dict(raw_fixture("host-sapphirerapids-vm"), translated=True))
+    assert cpu.x86_64_level == 3 and not any(f.startswith(("avx512", "amx")) for f in cpu.features)
+    assert any("Rosetta" in n for n in cpu.notes)
+
+
+def test_valgrind_like_cpuid_without_avx512_bits() -> None:
+    # valgrind reports CPUID with the AVX-512 bits cleared; the probe must believe CPUID, not /proc/cpuinfo.
+    raw = raw_fixture("host-sapphirerapids-vm")
+    for bit in (16, 17, 28, 30, 31):
+        raw = _mask(raw, "7", 1, bit)
+    assert _cpu.x86_from_cpuid(raw).x86_64_level == 3
+
+
+def test_macos_lazy_avx512_state_trusts_sysctl() -> None:
+    raw = dict(raw_fixture("host-sapphirerapids-vm"), xcr0=0x7, macos_avx512=True)
+    assert _cpu.x86_from_cpuid(raw).x86_64_level == 4
+
+
+def test_disable_recomputes_level() -> None:
+    cpu = cpu_fixture("host-sapphirerapids-vm")
+    assert _cpu.without(cpu, frozenset({"avx512f"}), "test").x86_64_level == 3
+    no_avx = _cpu.without(cpu, frozenset({"avx"}), "test")
+    assert no_avx.x86_64_level == 2 and "avx2" not in no_avx.features and "avx512bw" not in no_avx.features
+
+
+def test_cpuinfo_parser() -> None:
+    text = ("processor\t: 0\nflags\t\t: fpu cx8 cmov mmx fxsr sse sse2 syscall pni ssse3 cx16 sse4_1 sse4_2 popcnt "
+            "lahf_lm xsave avx abm bmi1 avx2 bmi2 fma f16c movbe\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    cpu = _cpu.from_cpuinfo(text, "x86_64")
+    assert cpu.x86_64_level == 3 and "sse3" in cpu.features and "lzcnt" in cpu.features
+    arm = _cpu.from_cpuinfo("processor\t: 0\nFeatures\t: fp asimd asimddp sve\n", "aarch64")
+    assert arm.features == {"fp", "asimd", "asimddp", "sve"} and arm.x86_64_level is None
+
+
+def test_aarch64_hwcaps() -> None:
+    cpu = _cpu.aarch64_from_hwcaps((1 << 0) | (1 << 1) | (1 << 20) | (1 << 22), (1 << 1) | (1 << 13))
+    assert cpu.features == {"fp", "asimd", "asimddp", "sve", "sve2", "i8mm"}
+    mac = _cpu.from_sysctl({"hw.optional.arm.FEAT_DotProd": 1, "hw.optional.neon": 1,
+                            "hw.optional.arm.FEAT_I8MM": 0}, "aarch64")
+    assert mac.features == {"fp", "asimd", "asimddp"}
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="needs an x86-64 machine")
+def test_live_probe_agrees_with_proc_cpuinfo() -> None:
+    cpu = _cpu.probe_cpu()
+    assert cpu.source == "cpuid"
+    with open("/proc/cpuinfo") as f:
+        from_kernel = _cpu.from_cpuinfo(f.read(), "x86_64")
+    # osxsave is inferred for /proc/cpuinfo; AMX also needs the per-process permission the kernel can't show.
+    assert from_kernel.features - {"osxsave"} == cpu.features - {"osxsave"}
+    assert from_kernel.x86_64_level == cpu.x86_64_level
+
+
+NUMPY_NAMES = {"SSE": "sse", "SSE2": "sse2", "SSE3": "sse3", "SSSE3": "ssse3", "SSE41": "sse4_1", "SSE42": "sse4_2",
+               "POPCNT": "popcnt", "AVX": "avx", "F16C": "f16c", "FMA3": "fma", "AVX2": "avx2",
+               "AVX512F": "avx512f", "AVX512CD": "avx512cd", "AVX512_FP16": "avx512_fp16"}
+
+
+def test_live_probe_agrees_with_numpy() -> None:
+    np = pytest.importorskip("numpy")
+    from numpy._core._multiarray_umath import __cpu_features__ as feats  # type: ignore[attr-defined]
+
+    cpu = _cpu.probe_cpu()
+    checked = 0
+    for np_name, ours in NUMPY_NAMES.items():
+        if np_name in feats:
+            assert feats[np_name] == (ours in cpu.features), np_name
+            checked += 1
+    assert checked >= 10
+
+
+def test_probe_runs_once_across_threads() -> None:
+    code = ("import threading, fatdispatch._runtime as c\n"
+            "ts=[threading.Thread(target=c.probe_cpu) for _ in range(32)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\nprint(c.cpu_probe_count)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
+
+
+def test_probe_is_cheap_and_imports_nothing_heavy() -> None:
+    code = ("import sys, time\nbefore=set(sys.modules)\nt=time.perf_counter()\nimport fatdispatch._runtime as c\n"
+            "c.probe_cpu()\nprint(time.perf_counter()-t)\n"
+            "bad=[m for m in ('numpy','subprocess','ctypes','json','re','typing','dataclasses','threading','pynvml') "
+            "if m in sys.modules and m not in before]\nprint(','.join(bad))")
+    times = []
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+        times.append(float(out[0]))
+        assert out[1] == "", f"the probe imported {out[1]}"
+    times.sort()
+    assert times[2] < 0.002, times  # median well under a millisecond normally; 2 ms bound for noisy CI
+
+
+def test_probe_time_in_process() -> None:
+    _cpu._cpu_cached = None
+    t = time.perf_counter()
+    _cpu._probe_cpu_uncached()
+    assert time.perf_counter() - t < 0.005
