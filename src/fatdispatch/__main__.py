@@ -17,12 +17,23 @@ def main(argv: list[str] | None = None) -> int:
     ins = sub.add_parser("inspect", help="list the fat modules in a wheel, each build with its requirements and size")
     ins.add_argument("wheel")
     ins.add_argument("--json", action="store_true")
+    tv = sub.add_parser("test-variants", help="run a test command once per build this machine can run")
+    tv.add_argument("--module", action="append", default=[], help="only this fat module (repeatable)")
+    tv.add_argument("--qemu", action="store_true", help="also run older x86-64 builds under qemu-x86_64")
+    tv.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND...")
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
             from ._report import print_report
 
             return print_report(args.json)
+        if args.command == "test-variants":
+            from ._toolbox import test_variants
+
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            if not cmd:
+                parser.error("test-variants needs a command after --")
+            return test_variants(cmd, args.module, args.qemu)
         if args.command == "inspect":
             from .build._wheel import print_inspect
 
