@@ -1,0 +1,286 @@
+"""fatdispatch's benchmark suite: one command, one table, raw results kept.
+
+    python benchmarks/run_all.py            # full run (a few minutes)
+    python benchmarks/run_all.py --tiny     # every benchmark on a tiny size (what the tests run)
+
+Measured side by side in one run, contenders interleaved, medians over many fresh interpreters:
+
+1. import overhead: ``import fatdemo`` (fat, dispatched) against the same package built as one plain extension;
+2. probe cost, cold (with its import) and warm: fatdispatch, archspec, py-cpuinfo, NumPy's __cpu_features__;
+3. call overhead: a trivial function through the bound module against the same extension imported directly;
+4. pick quality: every build's kernel throughput, cache-resident and memory-bound (kernel_speed.py);
+5. build cost: all variants in parallel against one after another, and each variant's size;
+6. GPU: only where an NVIDIA GPU is present (recorded as not run otherwise).
+
+Raw results go to benchmarks/results/<UTC time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "fatdemo"
+sys.path.insert(0, str(Path(__file__).parent))
+import kernel_speed  # noqa: E402
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FATDISPATCH_", "PYTHONDONTWRITEBYTECODE"))}
+    env.update(extra)
+    return env
+
+
+def child(py: str, code: str, env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run([py, "-c", code], capture_output=True, text=True, env=env or clean_env(), cwd="/")
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed: {out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+# ---------------------------------------------------------------- the plain twin of fatdemo
+
+
+def build_plain_twin(work: Path, level_flags: list[str]) -> Path:
+    """fatdemo's _core.c built as one ordinary extension, in a package ``fatdemo_plain`` (no fatdispatch)."""
+    pkg = work / "fatdemo_plain"
+    pkg.mkdir(parents=True)
+    init = (EXAMPLE / "src" / "fatdemo" / "__init__.py").read_text()
+    init = init.replace("import fatdispatch\n\nfatdispatch.install(__name__, [\"_core\"])\n", "")
+    init = init.replace("return str(_core.__fatdispatch_variant__)", "return 'plain'")
+    (pkg / "__init__.py").write_text(init)
+    inc = sysconfig.get_paths()["include"]
+    out = pkg / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", *level_flags, f"-I{inc}", "-DFATDISPATCH_VARIANT=\"plain\"",
+                    str(EXAMPLE / "src" / "fatdemo" / "_core.c"), "-o", str(out)], check=True)
+    compileall.compile_dir(str(pkg), quiet=1)
+    return work
+
+
+IMPORT_CODE = ("import time; t = time.perf_counter(); import {mod}; dt = time.perf_counter() - t; "
+               "import json; print(json.dumps({{'s': dt, 'v': {mod}.variant()}}))")
+
+
+def bench_import(py: str, twin: Path, runs: int) -> dict:
+    env_fat = clean_env()
+    env_plain = clean_env(PYTHONPATH=str(twin))
+    fat, plain = [], []
+    for _ in range(runs):  # interleaved
+        fat.append(child(py, IMPORT_CODE.format(mod="fatdemo"), env_fat)["s"])
+        plain.append(child(py, IMPORT_CODE.format(mod="fatdemo_plain"), env_plain)["s"])
+    return {"runs": runs, "fat_s": fat, "plain_s": plain, "fat_median_s": med(fat), "plain_median_s": med(plain),
+            "added_median_s": med(fat) - med(plain), "ratio": med(fat) / med(plain)}
+
+
+PROBES = {
+    "fatdispatch": ("import fatdispatch._runtime as r; r.probe_cpu()", "r._cpu_cached = None; r.probe_cpu()"),
+    "archspec": ("import archspec.cpu; archspec.cpu.host()", "archspec.cpu.host.cache_clear() if hasattr(archspec.cpu.host, 'cache_clear') else None; archspec.cpu.host()"),
+    "numpy __cpu_features__": ("from numpy._core._multiarray_umath import __cpu_features__ as f; len(f)", "len(f)"),
+    "py-cpuinfo": ("import cpuinfo; cpuinfo.get_cpu_info()", None),
+}
+PROBE_CODE = """
+import time
+t = time.perf_counter()
+{cold}
+cold = time.perf_counter() - t
+warm = []
+for _ in range({warm_runs}):
+    t = time.perf_counter()
+    {warm}
+    warm.append(time.perf_counter() - t)
+warm.sort()
+import json; print(json.dumps({{'cold': cold, 'warm': warm[len(warm) // 2] if warm else None}}))
+"""
+
+
+def bench_probes(py: str, runs: int, slow_runs: int) -> dict:
+    out: dict[str, dict] = {}
+    names = list(PROBES)
+    samples: dict[str, dict[str, list[float]]] = {n: {"cold": [], "warm": []} for n in names}
+    for i in range(runs):
+        for name in names:
+            if name == "py-cpuinfo" and i >= slow_runs:
+                continue
+            cold, warm = PROBES[name]
+            code = PROBE_CODE.format(cold=cold, warm=warm or "pass", warm_runs=50 if warm else 0)
+            try:
+                r = child(py, code)
+            except RuntimeError as exc:
+                out[name] = {"error": str(exc)[-300:]}
+                continue
+            samples[name]["cold"].append(r["cold"])
+            if r["warm"] is not None:
+                samples[name]["warm"].append(r["warm"])
+    for name in names:
+        if name in out:
+            continue
+        s = samples[name]
+        out[name] = {"cold_median_s": med(s["cold"]), "warm_median_s": med(s["warm"]) if s["warm"] else None,
+                     "runs": len(s["cold"]), "cold_s": s["cold"]}
+    base = out["fatdispatch"]["cold_median_s"]
+    for name in names:
+        if "cold_median_s" in out[name]:
+            out[name]["x_fatdispatch_cold"] = out[name]["cold_median_s"] / base
+    return out
+
+
+CALL_CODE = """
+import sys, time, json
+sys.path.insert(0, {twin!r})
+import fatdemo, fatdemo_plain
+f, g = fatdemo._core.noop, fatdemo_plain._core.noop
+def loop(fn, n=200000):
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+loop(f); loop(g)
+fat, plain = [], []
+for _ in range({reps}):
+    fat.append(loop(f)); plain.append(loop(g))
+fat.sort(); plain.sort()
+print(json.dumps({{'fat': fat[len(fat)//2], 'plain': plain[len(plain)//2], 'same_type': type(fatdemo._core) is type(fatdemo_plain._core)}}))
+"""
+
+
+def bench_calls(py: str, twin: Path, runs: int, reps: int) -> dict:
+    fat, plain = [], []
+    same = True
+    for _ in range(runs):
+        r = child(py, CALL_CODE.format(twin=str(twin), reps=reps))
+        fat.append(r["fat"])
+        plain.append(r["plain"])
+        same &= r["same_type"]
+    return {"fat_median_s": med(fat), "plain_median_s": med(plain), "ratio": med(fat) / med(plain),
+            "module_is_the_extension": same, "runs": runs}
+
+
+def bench_build(py: str, tiny: bool) -> dict:
+    result: dict[str, object] = {}
+    for label, jobs in (("parallel", "0"), ("serial", "1")):
+        work = Path(tempfile.mkdtemp())
+        src = work / "fatdemo"
+        shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "*.variants"))
+        env = clean_env(FATDISPATCH_BUILD_JOBS=jobs, PIP_NO_INDEX="1")
+        if tiny:
+            env["FATDISPATCH_SKIP_CUDA"] = "1"
+        t = time.perf_counter()
+        subprocess.run([py, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"),
+                        str(src)], check=True, env=env, capture_output=True)
+        result[f"{label}_s"] = time.perf_counter() - t
+        if label == "parallel":
+            wheel = next((work / "dist").glob("*.whl"))
+            info = json.loads(subprocess.run([py, "-m", "fatdispatch", "inspect", "--json", str(wheel)],
+                                             capture_output=True, text=True, check=True).stdout)
+            result["sizes"] = {b["name"]: b["size"] for b in info["modules"][0]["builds"]}
+            result["wheel_size"] = info["size"]
+        shutil.rmtree(work)
+    result["jobs"] = os.cpu_count()
+    result["speedup"] = result["serial_s"] / result["parallel_s"]  # type: ignore[operator]
+    return result
+
+
+def gpu_status() -> dict:
+    if not os.path.exists("/proc/driver/nvidia/version"):
+        return {"run": False, "why": "no NVIDIA driver on this machine (/proc/driver/nvidia/version missing)"}
+    return {"run": False, "why": "GPU benchmarks run on a GPU machine: see README 'GPU' section"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="fatdispatch benchmarks")
+    ap.add_argument("--tiny", action="store_true", help="every benchmark once on a tiny size (tests)")
+    ap.add_argument("--out", help="results file (default benchmarks/results/<UTC>.json)")
+    args = ap.parse_args()
+    py = sys.executable
+    tiny = args.tiny
+    import fatdispatch._runtime as rt
+    cpu = rt.probe_cpu()
+    level_flags = {1: [], 2: ["-march=x86-64-v2"], 3: ["-march=x86-64-v3"], 4: ["-march=x86-64-v4"]}.get(
+        cpu.x86_64_level or 1, [])
+    # bytecode must exist, as after a pip install, for import timings to mean anything
+    import fatdispatch
+    import fatdemo
+    for pkg in (fatdispatch, fatdemo):
+        compileall.compile_dir(os.path.dirname(pkg.__file__), quiet=1)
+    results: dict[str, object] = {
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cpu_level": cpu.x86_64_level, "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+        "tiny": tiny,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        twin = build_plain_twin(Path(tmp), level_flags)
+        print("1/6 import overhead ...", flush=True)
+        results["import"] = bench_import(py, twin, 3 if tiny else 41)
+        print("2/6 probe cost ...", flush=True)
+        results["probe"] = bench_probes(py, 1 if tiny else 31, 1 if tiny else 5)
+        print("3/6 call overhead ...", flush=True)
+        results["calls"] = bench_calls(py, twin, 1 if tiny else 7, 3 if tiny else 9)
+    print("4/6 pick quality ...", flush=True)
+    results["pick"] = kernel_speed.measure(py, 1 if tiny else 5, 3 if tiny else 15)
+    print("5/6 build cost ...", flush=True)
+    results["build"] = bench_build(py, tiny)
+    results["gpu"] = gpu_status()
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
+        results["when"].replace(":", "").replace("+0000", "Z") + ("-tiny" if tiny else "") + ".json")  # type: ignore[union-attr]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(report(results))
+    print(f"\nraw results: {out}")
+    return 0
+
+
+def report(r: dict) -> str:
+    us = 1e6
+    imp, calls, build = r["import"], r["calls"], r["build"]
+    lines = [f"fatdispatch benchmarks, {r['when']}, Python {r['machine']['python']}, x86-64-v{r['machine']['cpu_level']}, "
+             f"{r['machine']['cpus']} CPUs" + (" (TINY run: numbers meaningless)" if r["tiny"] else ""), ""]
+    lines.append("| measure | fatdispatch | reference | difference / ratio |")
+    lines.append("|---|---|---|---|")
+    lines.append(f"| `import fatdemo` (median of {imp['runs']} fresh interpreters, interleaved) | "
+                 f"{imp['fat_median_s'] * us:.0f} us | plain extension {imp['plain_median_s'] * us:.0f} us | "
+                 f"+{imp['added_median_s'] * us:.0f} us ({imp['ratio']:.2f}x) |")
+    p = r["probe"]
+    for name, d in p.items():
+        if "error" in d:
+            lines.append(f"| CPU probe: {name} | | failed: {d['error'][:60]} | |")
+            continue
+        warm = f", warm {d['warm_median_s'] * us:.1f} us" if d.get("warm_median_s") is not None else ""
+        lines.append(f"| CPU probe, cold incl. import: {name} ({d['runs']} runs) | | {d['cold_median_s'] * 1e3:.2f} ms{warm} | "
+                     f"{d['x_fatdispatch_cold']:.0f}x fatdispatch |")
+    lines.append(f"| call `noop()` through the bound module vs the extension imported directly | "
+                 f"{calls['fat_median_s'] * 1e9:.1f} ns | {calls['plain_median_s'] * 1e9:.1f} ns | "
+                 f"ratio {calls['ratio']:.3f} (module is the extension itself: {calls['module_is_the_extension']}) |")
+    lines.append(f"| build all variants (pip wheel), parallel on {build['jobs']} cores vs serial | "
+                 f"{build['parallel_s']:.1f} s | {build['serial_s']:.1f} s | {build['speedup']:.2f}x |")
+    lines.append("")
+    text, _ = kernel_speed.table(r["pick"])
+    lines.append("Kernel throughput per build (GB/s of input per buffer; % of the fastest):")
+    lines.append("```")
+    lines.append(text)
+    lines.append("```")
+    lines.append("Variant sizes: " + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in build["sizes"].items())
+                 + f"; wheel {build['wheel_size'] / 1024:.0f} KiB")
+    lines.append(f"GPU: {r['gpu']['why'] if not r['gpu']['run'] else 'see results'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
