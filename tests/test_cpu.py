@@ -12,6 +12,7 @@ import pytest
 
 from conftest import CPU_FIXTURES, cpu_fixture, raw_fixture
 from fatdispatch import _runtime as _cpu
+from fatdispatch import _slowpath as _slow
 
 V1 = {"cmov", "cx8", "fpu", "fxsr", "mmx", "sse", "sse2", "syscall"}
 V2 = {"cx16", "lahf_lm", "popcnt", "sse3", "sse4_1", "sse4_2", "ssse3"}
@@ -106,24 +107,24 @@ def test_macos_lazy_avx512_state_trusts_sysctl() -> None:
 
 def test_disable_recomputes_level() -> None:
     cpu = cpu_fixture("host-sapphirerapids-vm")
-    assert _cpu.without(cpu, frozenset({"avx512f"}), "test").x86_64_level == 3
-    no_avx = _cpu.without(cpu, frozenset({"avx"}), "test")
+    assert _slow.without(cpu, frozenset({"avx512f"}), "test").x86_64_level == 3
+    no_avx = _slow.without(cpu, frozenset({"avx"}), "test")
     assert no_avx.x86_64_level == 2 and "avx2" not in no_avx.features and "avx512bw" not in no_avx.features
 
 
 def test_cpuinfo_parser() -> None:
     text = ("processor\t: 0\nflags\t\t: fpu cx8 cmov mmx fxsr sse sse2 syscall pni ssse3 cx16 sse4_1 sse4_2 popcnt "
             "lahf_lm xsave avx abm bmi1 avx2 bmi2 fma f16c movbe\n\nprocessor\t: 1\nflags\t\t: fpu\n")
-    cpu = _cpu.from_cpuinfo(text, "x86_64")
+    cpu = _slow.from_cpuinfo(text, "x86_64")
     assert cpu.x86_64_level == 3 and "sse3" in cpu.features and "lzcnt" in cpu.features
-    arm = _cpu.from_cpuinfo("processor\t: 0\nFeatures\t: fp asimd asimddp sve\n", "aarch64")
+    arm = _slow.from_cpuinfo("processor\t: 0\nFeatures\t: fp asimd asimddp sve\n", "aarch64")
     assert arm.features == {"fp", "asimd", "asimddp", "sve"} and arm.x86_64_level is None
 
 
 def test_aarch64_hwcaps() -> None:
-    cpu = _cpu.aarch64_from_hwcaps((1 << 0) | (1 << 1) | (1 << 20) | (1 << 22), (1 << 1) | (1 << 13))
+    cpu = _slow.aarch64_from_hwcaps((1 << 0) | (1 << 1) | (1 << 20) | (1 << 22), (1 << 1) | (1 << 13))
     assert cpu.features == {"fp", "asimd", "asimddp", "sve", "sve2", "i8mm"}
-    mac = _cpu.from_sysctl({"hw.optional.arm.FEAT_DotProd": 1, "hw.optional.neon": 1,
+    mac = _slow.from_sysctl({"hw.optional.arm.FEAT_DotProd": 1, "hw.optional.neon": 1,
                             "hw.optional.arm.FEAT_I8MM": 0}, "aarch64")
     assert mac.features == {"fp", "asimd", "asimddp"}
 
@@ -133,7 +134,7 @@ def test_live_probe_agrees_with_proc_cpuinfo() -> None:
     cpu = _cpu.probe_cpu()
     assert cpu.source == "cpuid"
     with open("/proc/cpuinfo") as f:
-        from_kernel = _cpu.from_cpuinfo(f.read(), "x86_64")
+        from_kernel = _slow.from_cpuinfo(f.read(), "x86_64")
     # osxsave is inferred for /proc/cpuinfo; AMX also needs the per-process permission the kernel can't show.
     assert from_kernel.features - {"osxsave"} == cpu.features - {"osxsave"}
     assert from_kernel.x86_64_level == cpu.x86_64_level
@@ -170,13 +171,17 @@ def test_probe_is_cheap_and_imports_nothing_heavy() -> None:
             "c.probe_cpu()\nprint(time.perf_counter()-t)\n"
             "bad=[m for m in ('numpy','subprocess','ctypes','json','re','typing','dataclasses','threading','pynvml') "
             "if m in sys.modules and m not in before]\nprint(','.join(bad))")
+    import compileall
+
+    import fatdispatch
+    compileall.compile_dir(os.path.dirname(fatdispatch.__file__), quiet=1)  # as after pip install
     times = []
-    for _ in range(5):
+    for _ in range(7):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
         times.append(float(out[0]))
         assert out[1] == "", f"the probe imported {out[1]}"
     times.sort()
-    assert times[2] < 0.002, times  # median well under a millisecond normally; 2 ms bound for noisy CI
+    assert times[3] < 0.002, times  # median well under a millisecond normally; 2 ms bound for noisy CI
 
 
 def test_probe_time_in_process() -> None:

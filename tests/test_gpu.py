@@ -13,6 +13,7 @@ import pytest
 from conftest import FIXTURES, GPU_FIXTURES, FakeNvml, gpu_fixture
 from fatdispatch import _nvml
 from fatdispatch import _runtime as rt
+from fatdispatch import _slowpath as _slow
 
 
 def answer(name: str) -> dict:
@@ -110,24 +111,24 @@ def test_cuda_visible_devices(value: str | None, order: str | None, expected: li
         env["CUDA_VISIBLE_DEVICES"] = value
     if order:
         env["CUDA_DEVICE_ORDER"] = order
-    visible, note = rt.visible_gpus(GPUS, env)
+    visible, note = _slow.visible_gpus(GPUS, env)
     assert [g.index for g in visible] == expected
     if value == "1" and order is None:
         assert note and "every GPU" in note
 
 
 def test_ambiguous_uuid_prefix_ends_the_list() -> None:
-    visible, _ = rt.visible_gpus(SAME, {"CUDA_VISIBLE_DEVICES": "GPU-5eb07142"})
+    visible, _ = _slow.visible_gpus(SAME, {"CUDA_VISIBLE_DEVICES": "GPU-5eb07142"})
     assert visible == ()
 
 
 def test_uniform_gpus_map_indices_exactly() -> None:
-    visible, note = rt.visible_gpus(SAME, {"CUDA_VISIBLE_DEVICES": "1"})
+    visible, note = _slow.visible_gpus(SAME, {"CUDA_VISIBLE_DEVICES": "1"})
     assert [g.index for g in visible] == [1] and note is None
 
 
 def test_mig_uuid_selects_its_parent() -> None:
-    visible, _ = rt.visible_gpus(MIG, {"CUDA_VISIBLE_DEVICES": "MIG-5e1f0a2b-0000-4000-8000-0000000000a2"})
+    visible, _ = _slow.visible_gpus(MIG, {"CUDA_VISIBLE_DEVICES": "MIG-5e1f0a2b-0000-4000-8000-0000000000a2"})
     assert [g.compute_capability for g in visible] == [(8, 0)]
 
 
@@ -146,22 +147,22 @@ def test_cache_round_trip(cache) -> None:
     g = gpu_fixture("h100-driver580")
     _nvml.write_cache(path, key, g)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    hit = rt.read_cache(path, key)
+    hit = _slow.read_cache(path, key)
     assert hit is not None and hit.devices == g.devices and hit.source == "cache"
 
 
 def test_stale_key_is_ignored(cache) -> None:
     path, key = cache
     _nvml.write_cache(path, key, gpu_fixture("h100-driver580"))
-    assert rt.read_cache(path, dict(key, driver="NVRM 590")) is None
-    assert rt.read_cache(path, dict(key, boot_id="rebooted")) is None
+    assert _slow.read_cache(path, dict(key, driver="NVRM 590")) is None
+    assert _slow.read_cache(path, dict(key, boot_id="rebooted")) is None
 
 
 def test_world_writable_cache_is_ignored(cache) -> None:
     path, key = cache
     _nvml.write_cache(path, key, gpu_fixture("h100-driver580"))
     os.chmod(path, 0o666)
-    assert rt.read_cache(path, key) is None
+    assert _slow.read_cache(path, key) is None
 
 
 def test_corrupt_cache_is_ignored(cache) -> None:
@@ -171,7 +172,7 @@ def test_corrupt_cache_is_ignored(cache) -> None:
                     json.dumps({"schema": 1, "key": key, "gpus": {"devices": [{"compute_capability": [99, 99]}]}}).encode()):
         with open(path, "wb") as f:
             f.write(garbage)
-        assert rt.read_cache(path, key) is None
+        assert _slow.read_cache(path, key) is None
 
 
 def test_symlinked_cache_is_ignored(cache, tmp_path) -> None:
@@ -180,4 +181,4 @@ def test_symlinked_cache_is_ignored(cache, tmp_path) -> None:
     _nvml.write_cache(str(target), key, gpu_fixture("h100-driver580"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.symlink(target, path)
-    assert rt.read_cache(path, key) is None
+    assert _slow.read_cache(path, key) is None

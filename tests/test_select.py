@@ -6,7 +6,8 @@ import pytest
 
 from conftest import demo_manifest, machine
 from fatdispatch import ConfigError
-from fatdispatch._runtime import format_selection, select, sm_fit
+from fatdispatch._runtime import select
+from fatdispatch._slowpath import format_selection, sm_fit
 
 M = demo_manifest()
 
@@ -173,7 +174,7 @@ def test_boolean_values(name: str) -> None:
 
 
 def test_unknown_variable_suggestion() -> None:
-    from fatdispatch._runtime import unknown_variables
+    from fatdispatch._slowpath import unknown_variables
     msgs = unknown_variables({"FATDISPATCH_FROCE": "cpu", "FATDISPATCH_FORCE": "cpu", "PATH": "/bin"})
     assert len(msgs) == 1 and "did you mean FATDISPATCH_FORCE" in msgs[0]
 

@@ -11,7 +11,8 @@ import _thread
 import os
 import sys
 
-from ._runtime import GPU, GPUs, CACHE_SCHEMA, _secure, no_gpus
+from ._runtime import GPU, GPUs, CACHE_SCHEMA, no_gpus
+from ._slowpath import _secure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

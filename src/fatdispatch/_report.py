@@ -9,7 +9,8 @@ import sys
 from . import __version__, fat_modules, hardware
 from ._runtime import FatDispatchError
 from ._runtime import read_manifest
-from ._runtime import describe_hardware, format_selection, select
+from ._runtime import select
+from ._slowpath import describe_hardware, format_selection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

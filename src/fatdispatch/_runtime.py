@@ -564,57 +564,6 @@ def x86_from_cpuid(raw: Mapping[str, Any], arch: str = "x86_64", source: str = "
                vendor=str(raw.get("vendor", "")), source=source, notes=tuple(notes))
 
 
-def aarch64_from_hwcaps(hwcap: int, hwcap2: int, source: str = "hwcap",
-                        table: Mapping[str, Any] | None = None) -> CPU:
-    """Turn Linux's ``AT_HWCAP``/``AT_HWCAP2`` words into a :class:`CPU`."""
-    tab = (table or feature_table())["aarch64"]
-    feats = {n for n, b in tab["hwcap"].items() if (hwcap >> b) & 1}
-    feats.update(n for n, b in tab["hwcap2"].items() if (hwcap2 >> b) & 1)
-    return CPU(arch="aarch64", features=frozenset(feats), x86_64_level=None, vendor="", source=source, notes=())
-
-
-def from_sysctl(values: Mapping[str, int | None], arch: str, table: Mapping[str, Any] | None = None) -> CPU:
-    """macOS arm64: ``hw.optional.*`` values (``None`` where the name does not exist)."""
-    tab = (table or feature_table())["aarch64"]
-    feats = {"fp"}
-    feats.update(n for n, key in tab["macos_sysctl"].items() if values.get(key))
-    return CPU(arch=arch, features=frozenset(feats), x86_64_level=None, vendor="Apple", source="sysctl", notes=())
-
-
-def from_cpuinfo(text: str, arch: str, table: Mapping[str, Any] | None = None) -> CPU:
-    """Parse the first processor's flags from ``/proc/cpuinfo`` text.
-
-    The fallback when the compiled helper is missing.  The kernel drops flags
-    whose XSAVE state it did not enable, but under an emulator it shows the
-    host's flags, so CPUID is always preferred.
-    """
-    tab = table or feature_table()
-    flags: list[str] = []
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            if flags:
-                break  # end of the first processor's block
-            continue
-        key = key.strip().lower()
-        if key in ("flags", "features"):
-            flags = value.split()
-            break
-    if arch == "x86_64":
-        aliases = tab["x86"]["cpuinfo_aliases"]
-        known = tab["x86"]["bits"]
-        feats = {aliases.get(f, f) for f in flags}
-        feats = {f for f in feats if f in known}
-        if "xsave" in feats and "avx" in feats:
-            feats.add("osxsave")  # the kernel lists avx only when it enabled the state with XSETBV
-        fs = frozenset(feats)
-        return CPU(arch=arch, features=fs, x86_64_level=x86_64_level(fs, tab), vendor="", source="proc-cpuinfo",
-                   notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
-    known = set(tab["aarch64"]["hwcap"]) | set(tab["aarch64"]["hwcap2"])
-    return CPU(arch=arch, features=frozenset(f for f in flags if f in known), x86_64_level=None, vendor="",
-               source="proc-cpuinfo", notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
-
-
 # ---------------------------------------------------------------- raw probes
 
 
@@ -661,12 +610,18 @@ def _probe_cpu_uncached() -> CPU:
         return x86_from_cpuid(raw, arch, "cpuid", tab)
     if native is not None and arch == "aarch64" and hasattr(native, "hwcaps"):
         h1, h2 = native.hwcaps()
+        from ._slowpath import aarch64_from_hwcaps
+
         return aarch64_from_hwcaps(h1, h2)
     if native is not None and hasattr(native, "sysctl"):
         tab = feature_table()["aarch64"]["macos_sysctl"]
+        from ._slowpath import from_sysctl
+
         return from_sysctl({key: native.sysctl(key) for key in set(tab.values())}, arch)
     text = _raw_cpuinfo()
     if text is not None:
+        from ._slowpath import from_cpuinfo
+
         return from_cpuinfo(text, arch)
     return CPU(arch=arch, features=frozenset(), x86_64_level=0 if arch == "x86_64" else None, vendor="",
                source="none", notes=("no CPU probe works here: only builds that require no features are usable",))
@@ -688,28 +643,6 @@ def probe_cpu() -> CPU:
             cpu_probe_count += 1
             _cpu_cached = _probe_cpu_uncached()
         return _cpu_cached
-
-
-def without(cpu: CPU, names: frozenset[str], why: str, table: Mapping[str, Any] | None = None) -> CPU:
-    """``cpu`` with ``names`` removed (``FATDISPATCH_DISABLE``).
-
-    Removing ``avx`` also removes everything that needs YMM state, and removing
-    ``avx512f`` everything that needs ZMM state; the level is recomputed.
-    """
-    tab = table or feature_table()
-    drop = set(names)
-    groups = tab["x86"]["os_state"]
-    if "avx" in drop:
-        drop.update(groups["ymm"][1])
-        drop.update(groups["zmm"][1])
-    if "avx512f" in drop:
-        drop.update(groups["zmm"][1])
-    removed = sorted(drop & cpu.features)
-    if not removed:
-        return cpu
-    feats = cpu.features - drop
-    level = x86_64_level(feats, tab) if cpu.arch == "x86_64" else None
-    return cpu.replace(features=feats, x86_64_level=level, notes=cpu.notes + (f"{why} removed {', '.join(removed)}",))
 
 
 # ============================================================================
@@ -774,81 +707,6 @@ def no_gpus(reason: str, source: str = "none") -> GPUs:
 # ---------------------------------------------------------------- visibility (pure)
 
 
-def _strtoul_prefix(text: str) -> int | None:
-    """The leading decimal digits of ``text`` as CUDA's strtoul reads them, or None."""
-    digits = ""
-    for ch in text:
-        if not ch.isdigit() or not ch.isascii():
-            break
-        digits += ch
-    return int(digits) if digits else None
-
-
-def visible_gpus(gpus: Sequence[GPU], env: Mapping[str, str]) -> tuple[tuple[GPU, ...], str | None]:
-    """The devices CUDA would show this process, and a note where it is uncertain.
-
-    Follows CUDA's rules for ``CUDA_VISIBLE_DEVICES``: unset means all; an empty
-    value or ``-1`` means none; entries are indices, ``GPU-<uuid prefix>`` or
-    ``MIG-<uuid>``; an invalid, out-of-range, negative or ambiguous entry ends
-    the list; a duplicate hides every device.  CUDA numbers devices fastest
-    first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; where that order cannot be
-    known (mixed models) an index is mapped to *every* device, so that the
-    chosen build runs whichever one it is.
-    """
-    devices = tuple(gpus)
-    value = env.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return devices, None
-    pci_order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST").strip().upper() == "PCI_BUS_ID"
-    uniform = len({g.compute_capability for g in devices}) <= 1
-    chosen: list[GPU] = []
-    note = None
-    uncertain = False
-    seen: set[str] = set()
-    for entry in value.split(","):
-        entry = entry.strip()
-        if not entry:
-            break
-        upper = entry.upper()
-        if upper.startswith("GPU-") or upper.startswith("MIG-"):
-            prefix = entry.lower()
-            if upper.startswith("MIG-"):
-                matches = [g for g in devices if any(m.lower().startswith(prefix) for m in g.mig_uuids)]
-            else:
-                matches = [g for g in devices if g.uuid.lower().startswith(prefix)]
-            if len(matches) != 1:
-                break  # unknown or ambiguous UUID ends the list
-            gpu = matches[0]
-            key = prefix
-        else:
-            if entry.startswith("-") or entry.startswith("+"):
-                break
-            idx = _strtoul_prefix(entry)
-            if idx is None or idx >= len(devices):
-                break
-            key = f"#{idx}"
-            if pci_order or uniform:
-                gpu = devices[idx]
-            else:
-                uncertain = True
-                gpu = devices[idx]
-        if key in seen:
-            return (), "CUDA_VISIBLE_DEVICES names a device twice, so CUDA shows none"
-        seen.add(key)
-        chosen.append(gpu)
-    if uncertain:
-        note = ("CUDA_VISIBLE_DEVICES uses indices with mixed GPU models and CUDA_DEVICE_ORDER is not "
-                "PCI_BUS_ID: CUDA orders them fastest first, so a build must run on every GPU")
-        return devices, note
-    result: list[GPU] = []
-    for g in chosen:
-        if g not in result:
-            result.append(g)
-    if not result:
-        note = f"CUDA_VISIBLE_DEVICES={value!r} hides every GPU"
-    return tuple(result), note
-
-
 # ---------------------------------------------------------------- driver presence and cache key (raw)
 
 
@@ -866,100 +724,6 @@ def driver_present() -> tuple[bool, str]:
     if os.path.exists(path):
         return True, ""
     return False, "no NVIDIA driver is installed (/proc/driver/nvidia/version is missing)"
-
-
-def _read_small(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4096).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def cache_key() -> dict[str, Any]:
-    """What must be unchanged for a cached GPU answer to hold."""
-    try:
-        gpus = sorted(os.listdir("/proc/driver/nvidia/gpus"))  # names only: reading files there can wake a GPU
-    except OSError:
-        gpus = []
-    return {"boot_id": _read_small("/proc/sys/kernel/random/boot_id").strip(),
-            "driver": _read_small("/proc/driver/nvidia/version").strip(),
-            "gpus": gpus, "machine": os.uname().machine if hasattr(os, "uname") else sys.platform,
-            "python_bits": sys.maxsize > 2**32}
-
-
-def cache_path(env: Mapping[str, str]) -> str | None:
-    base = env.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache"))
-    if not os.path.isabs(base):
-        return None
-    return os.path.join(base, "fatdispatch", f"gpu-v{CACHE_SCHEMA}.json")
-
-
-def _secure(st: os.stat_result) -> bool:
-    if sys.platform == "win32":
-        return True
-    return st.st_uid == os.getuid() and not (st.st_mode & 0o022)
-
-
-def gpus_from_json(data: Any, source: str) -> GPUs:
-    """Rebuild :class:`GPUs` from cached JSON; raises ValueError/TypeError/KeyError on any doubt."""
-    if not isinstance(data, dict):
-        raise ValueError("not an object")
-    devices = []
-    for d in data["devices"]:
-        cc = d["compute_capability"]
-        if not (isinstance(cc, list) and len(cc) == 2 and all(type(x) is int and 0 <= x < 100 for x in cc)):
-            raise ValueError("bad compute capability")
-        if type(d["index"]) is not int or not isinstance(d["uuid"], str) or not isinstance(d["name"], str):
-            raise ValueError("bad device")
-        migs = d["mig_uuids"]
-        if not all(isinstance(m, str) for m in migs):
-            raise ValueError("bad MIG list")
-        devices.append(GPU(index=d["index"], name=d["name"], uuid=d["uuid"], compute_capability=(cc[0], cc[1]),
-                           mig_uuids=tuple(migs)))
-    cv = data["cuda_driver_version"]
-    if cv is not None and not (isinstance(cv, list) and len(cv) == 2 and all(type(x) is int for x in cv)):
-        raise ValueError("bad CUDA version")
-    reason = data["reason"]
-    if reason is not None and not isinstance(reason, str):
-        raise ValueError("bad reason")
-    if type(data["libcuda"]) is not bool or not isinstance(data["driver_version"], str):
-        raise ValueError("bad driver facts")
-    return GPUs(devices=tuple(devices), driver_version=data["driver_version"],
-                cuda_driver_version=(cv[0], cv[1]) if cv else None, libcuda=data["libcuda"], source=source,
-                reason=reason)
-
-
-def read_cache(path: str, key: Mapping[str, Any]) -> GPUs | None:
-    """The cached answer, or None when missing, stale, insecure or malformed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not _secure(st) or st.st_size > 65536:
-            return None
-        data = json_loads(os.read(fd, 65536).decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    finally:
-        os.close(fd)
-    try:
-        if data.get("schema") != CACHE_SCHEMA or data.get("key") != dict(key):
-            return None
-        return gpus_from_json(data["gpus"], "cache")
-    except (AttributeError, ValueError, TypeError, KeyError):
-        return None
-
-
-def drop_cache(env: Mapping[str, str]) -> None:
-    path = cache_path(env)
-    if path:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------- the cached accessor
@@ -985,6 +749,8 @@ def _probe_gpus_uncached(env: Mapping[str, str], use_cache: bool) -> GPUs:
     present, why = driver_present()
     if not present:
         return no_gpus(why)
+    from ._slowpath import cache_key, cache_path, read_cache
+
     key = cache_key()
     path = cache_path(env) if use_cache else None
     if path:
@@ -1109,49 +875,6 @@ def boolean(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raise ConfigError(name, raw, "expected 1/true/yes/on or 0/false/no/off")
 
 
-def unknown_variables(env: Mapping[str, str]) -> list[str]:
-    """Messages for ``FATDISPATCH_*`` names that fatdispatch does not know (typos)."""
-    out = []
-    for key in env:
-        if key.upper().startswith("FATDISPATCH_") and key not in KNOWN_VARIABLES:
-            close = _close(key.upper(), KNOWN_VARIABLES)
-            hint = f"; did you mean {close}?" if close else f"; known: {', '.join(KNOWN_VARIABLES)}"
-            out.append(f"fatdispatch: ignoring unknown environment variable {key}{hint}")
-    return out
-
-
-def _close(word: str, options: tuple[str, ...] | list[str]) -> str | None:
-    """A cheap "did you mean": the option sharing the most characters in order (no difflib import)."""
-    best, best_score = None, 0.0
-    for opt in options:
-        # longest common subsequence ratio
-        prev = [0] * (len(opt) + 1)
-        for ch in word:
-            cur = [0]
-            for j, oc in enumerate(opt):
-                cur.append(prev[j] + 1 if ch == oc else max(prev[j + 1], cur[j]))
-            prev = cur
-        score = 2.0 * prev[-1] / (len(word) + len(opt))
-        if score > best_score:
-            best, best_score = opt, score
-    return best if best_score >= 0.75 else None
-
-
-def disabled_features(env: Mapping[str, str], known: set[str] | frozenset[str]) -> frozenset[str]:
-    raw = env.get("FATDISPATCH_DISABLE")
-    if raw is None:
-        return frozenset()
-    names = [n.strip().lower() for n in raw.replace(" ", ",").split(",")]
-    names = [n for n in names if n]
-    bad = [n for n in names if n not in known]
-    if bad:
-        close = _close(bad[0], sorted(known))
-        hint = f" (did you mean {close!r}?)" if close else ""
-        raise ConfigError("FATDISPATCH_DISABLE", raw,
-                          f"unknown CPU feature {bad[0]!r}{hint}; known features: {', '.join(sorted(known))}")
-    return frozenset(names)
-
-
 def force_for(module: str, env: Mapping[str, str]) -> str | None:
     """The ``FATDISPATCH_FORCE`` value that applies to ``module``, lower-cased, or None.
 
@@ -1183,6 +906,10 @@ def force_for(module: str, env: Mapping[str, str]) -> str | None:
 
 def effective_hardware(hw: Hardware, env: Mapping[str, str]) -> Hardware:
     """``hw`` with ``FATDISPATCH_DISABLE`` applied."""
+    if "FATDISPATCH_DISABLE" not in env:
+        return hw
+    from ._slowpath import disabled_features, without
+
     table = feature_table()
     if hw.cpu.arch == "aarch64":
         known = set(table["aarch64"]["hwcap"]) | set(table["aarch64"]["hwcap2"])
@@ -1214,39 +941,6 @@ def _missing_features(v: Variant, cpu: CPU) -> str | None:
     return text
 
 
-def sm_fit(sass: tuple[str, ...], ptx: tuple[str, ...], cc: tuple[int, int]) -> int:
-    """How a CUDA build's code fits one GPU: 3 exact SASS, 2 compatible SASS, 1 PTX, 0 none.
-
-    Real ``sm_XY`` SASS runs on X.Y' with the same major and Y' >= Y; ``sm_XYa``
-    only on exactly X.Y; ``sm_XYf`` on the same major with Y' >= Y (its family);
-    PTX ``compute_XY`` JIT-compiles for any capability >= X.Y (``compute_XYa``
-    only for exactly X.Y).
-    """
-    best = 0
-    for t in sass:
-        major, minor, suffix = parse_sm(t)
-        if suffix == "a":
-            fit = 3 if cc == (major, minor) else 0
-        elif cc[0] == major and cc[1] >= minor:
-            fit = 3 if cc[1] == minor else 2
-        else:
-            fit = 0
-        best = max(best, fit)
-    if best:
-        return best
-    for t in ptx:
-        major, minor, suffix = parse_sm(t)
-        if (suffix == "a" and cc == (major, minor)) or (suffix != "a" and cc >= (major, minor)):
-            return 1
-    return 0
-
-
-def _targets_text(v: Variant) -> str:
-    assert v.cuda is not None
-    parts = [f"sm_{t}" for t in v.cuda.sass] + [f"compute_{t} (PTX)" for t in v.cuda.ptx]
-    return ", ".join(parts)
-
-
 def _judge_cuda(v: Variant, gpu: GPUs, visible: tuple[GPU, ...], vis_note: str | None) -> tuple[str | None, int]:
     assert v.cuda is not None
     if gpu.reason is not None:
@@ -1261,6 +955,8 @@ def _judge_cuda(v: Variant, gpu: GPUs, visible: tuple[GPU, ...], vis_note: str |
                 f"update the NVIDIA driver (CUDA 13 needs driver >= 580)"), 0
     fits = []
     for g in visible:
+        from ._slowpath import sm_fit, _targets_text
+
         fit = sm_fit(v.cuda.sass, v.cuda.ptx, g.compute_capability)
         if fit == 0:
             cc = g.compute_capability
@@ -1284,7 +980,12 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str]) -> Se
     forced = force_for(module, env)
     unsafe = boolean(env, "FATDISPATCH_UNSAFE_FORCE")
     notes: list[str] = []
-    visible, vis_note = visible_gpus(hw.gpu.devices, env)
+    if hw.gpu.devices:
+        from ._slowpath import visible_gpus
+
+        visible, vis_note = visible_gpus(hw.gpu.devices, env)
+    else:
+        visible, vis_note = (), None
     if vis_note:
         notes.append(vis_note)
 
@@ -1302,6 +1003,8 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str]) -> Se
     order = [v.name for v, _ in usable]
     error = None
     if forced is not None:
+        from ._slowpath import _apply_force
+
         order, error = _apply_force(forced, manifest, judged, usable, unsafe, env)
     elif not order:
         error = f"no build of {module} can run on this machine"
@@ -1334,81 +1037,11 @@ def _max_sm(v: Variant) -> int:
 
 def _describe(v: Variant, score: tuple[int, ...]) -> str:
     if v.kind == "cuda":
+        from ._slowpath import _targets_text
+
         return f"CUDA, {MATCH_NAMES.get(score[1], 'no fit')}, carries {_targets_text(v)}"
     level = f"x86-64-v{v.x86_64_level}" if v.x86_64_level else v.arch
     return f"CPU, {level}, priority {v.priority}"
-
-
-def _apply_force(forced: str, manifest: Manifest, judged: list[tuple[Variant, str | None, tuple[int, ...]]],
-                 usable: list[tuple[Variant, tuple[int, ...]]], unsafe: bool,
-                 env: Mapping[str, str]) -> tuple[list[str], str | None]:
-    module = manifest.module
-    raw = env.get("FATDISPATCH_FORCE", "")
-    token = ALIASES.get(forced, forced)
-    names = {v.name.lower(): v for v in manifest.variants}
-    if token == "cpu" or token == "cuda":
-        order = [v.name for v, _ in usable if v.kind == token]
-        if order:
-            return order, None
-        if unsafe:
-            ranked = sorted((p for p in judged if p[0].kind == token), key=lambda p: p[2], reverse=True)
-            if ranked:
-                return [v.name for v, _, _ in ranked], None
-        kinds = [f"{v.name}: {why}" for v, why, _ in judged if v.kind == token]
-        detail = "; ".join(kinds) if kinds else f"{module} has no {token.upper()} build"
-        return [], (f"FATDISPATCH_FORCE={raw} asks for a {token.upper()} build of {module}, but none can run here "
-                    f"({detail})")
-    if token == "baseline" and "baseline" not in names:
-        cpus = [p for p in judged if p[0].kind == "cpu"]
-        if cpus:
-            token = min(cpus, key=lambda p: (p[0].x86_64_level or 0, len(p[0].features)))[0].name.lower()
-    target = names.get(token)
-    if target is None:
-        valid = sorted({v.name for v in manifest.variants} | set(CATEGORIES))
-        aliases = sorted(a for a, t in ALIASES.items() if t in names or t in CATEGORIES)
-        raise ConfigError("FATDISPATCH_FORCE", raw,
-                          f"{module} has no build {forced!r}; valid values: {', '.join(valid)}"
-                          + (f" (aliases: {', '.join(aliases)})" if aliases else ""))
-    why = next(w for v, w, _ in judged if v is target)
-    if why is None or unsafe:
-        return [target.name], None
-    return [], (f"FATDISPATCH_FORCE={raw} asks for build {target.name!r} of {module}, but this machine cannot run "
-                f"it: {why}. Unset FATDISPATCH_FORCE, or set FATDISPATCH_UNSAFE_FORCE=1 to load it anyway "
-                f"(it may crash with an illegal instruction)")
-
-
-def format_selection(sel: Selection) -> str:
-    """A human-readable account of the decision, one line per build."""
-    lines = []
-    if sel.error:
-        lines.append(f"{sel.module}: nothing can be loaded: {sel.error}")
-    else:
-        lines.append(f"{sel.module} -> {sel.chosen}")
-    for c in sel.candidates:
-        mark = "*" if c.variant.name == sel.chosen else ("+" if c.usable else "-")
-        lines.append(f"  {mark} {c.variant.name:<16} {c.reason}")
-    for n in sel.notes:
-        lines.append(f"  note: {n}")
-    return "\n".join(lines)
-
-
-def describe_hardware(hw: Hardware) -> dict[str, Any]:
-    """The hardware as plain JSON-ready data (``report --json``)."""
-    cpu = hw.cpu
-    gpus = []
-    for g in hw.gpu.devices:
-        gpus.append({"index": g.index, "name": g.name, "uuid": g.uuid,
-                     "compute_capability": f"{g.compute_capability[0]}.{g.compute_capability[1]}",
-                     "cuda_driver_version": (f"{hw.gpu.cuda_driver_version[0]}.{hw.gpu.cuda_driver_version[1]}"
-                                             if hw.gpu.cuda_driver_version else None),
-                     "mig_uuids": list(g.mig_uuids)})
-    return {"cpu": {"arch": cpu.arch, "features": sorted(cpu.features), "x86_64_level": cpu.x86_64_level,
-                    "vendor": cpu.vendor, "source": cpu.source, "notes": list(cpu.notes)},
-            "gpus": gpus,
-            "gpu_driver": {"driver_version": hw.gpu.driver_version or None,
-                           "cuda_driver_version": (".".join(map(str, hw.gpu.cuda_driver_version))
-                                                   if hw.gpu.cuda_driver_version else None),
-                           "libcuda": hw.gpu.libcuda, "source": hw.gpu.source, "reason": hw.gpu.reason}}
 
 
 # ============================================================================
@@ -1509,12 +1142,17 @@ def _find_spec(fullname: str, variants_dir: str) -> ModuleSpec:
 
 
 def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
-    for msg in unknown_variables(env):
-        sys.stderr.write(msg + "\n")
+    if any(k.startswith("FATDISPATCH_") and k not in KNOWN_VARIABLES for k in env):
+        from ._slowpath import unknown_variables
+
+        for msg in unknown_variables(env):
+            sys.stderr.write(msg + "\n")
     verbose = boolean(env, "FATDISPATCH_VERBOSE")
     logging = sys.modules.get("logging")  # log only where the application already uses logging
     if not verbose and logging is None:
         return
+    from ._slowpath import format_selection
+
     text = format_selection(selection)
     if verbose:
         sys.stderr.write("".join(f"fatdispatch: {line}\n" for line in text.splitlines()))
@@ -1620,6 +1258,8 @@ class FatLoader:
                     raise
                 attempts.append((build, f"{type(exc).__name__}: {exc}"))
                 if variant.kind == "cuda" and sel.hardware.gpu.source == "cache":
+                    from ._slowpath import drop_cache
+
                     drop_cache(os.environ)  # the cached GPU facts may be stale
                 continue
             spec.origin = path
@@ -1628,6 +1268,8 @@ class FatLoader:
             _records[name] = LoadRecord(module=name, variant=build, path=path, selection=sel,
                                         attempts=tuple(attempts))
             if attempts:
+                from ._slowpath import _warn_fallback
+
                 _warn_fallback(name, build, attempts)
             return module
         _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=tuple(attempts))
@@ -1651,13 +1293,3 @@ class FatLoader:
         pass  # executed in create_module
 
 
-def _warn_fallback(name: str, build: str, attempts: list[tuple[str, str]]) -> None:
-    text = "; ".join(f"{b}: {why}" for b, why in attempts)
-    msg = f"fatdispatch: {name} fell back to {build} after: {text}"
-    logging = sys.modules.get("logging")
-    if logging is not None:
-        logging.getLogger("fatdispatch").warning("%s", msg)
-    else:
-        import _warnings
-
-        _warnings.warn(msg, RuntimeWarning, 3)
