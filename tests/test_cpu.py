@@ -181,7 +181,7 @@ def test_probe_is_cheap_and_imports_nothing_heavy() -> None:
         times.append(float(out[0]))
         assert out[1] == "", f"the probe imported {out[1]}"
     times.sort()
-    assert times[3] < 0.002, times  # median well under a millisecond normally; 2 ms bound for noisy CI
+    assert times[3] < 0.003, times  # well under 1 ms on a quiet machine (benchmarks/); 3 ms bound for noisy CI
 
 
 def test_probe_time_in_process() -> None:

@@ -87,6 +87,14 @@ class Record:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         fields = self.__slots__
+        setter = object.__setattr__
+        if not args and len(kwargs) == len(fields):  # the common, all-keywords case
+            try:
+                for key in fields:
+                    setter(self, key, kwargs[key])
+                return
+            except KeyError:
+                pass
         if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
         values = dict(zip(fields, args))
@@ -98,7 +106,7 @@ class Record:
         if missing:
             raise TypeError(f"{type(self).__name__}: missing {', '.join(missing)}")
         for key in fields:
-            object.__setattr__(self, key, values[key])
+            setter(self, key, values[key])
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -290,52 +298,73 @@ def parse_sm(target: str) -> tuple[int, int, str]:
     return int(target[:-1]), int(target[-1]), suffix
 
 
+def _field_name(field: str | tuple[str | int, ...]) -> str:
+    """``("variants", 0, "name")`` -> ``"variants[0].name"`` (built only when reporting an error)."""
+    if isinstance(field, str):
+        return field
+    out = ""
+    for part in field:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
 class _Checker:
-    """Validates decoded JSON, raising one :class:`ManifestError` that names the file and the field."""
+    """Validates decoded JSON, raising one :class:`ManifestError` that names the file and the field.
+
+    Field paths are tuples, formatted only when something is wrong: the happy path builds no strings.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def fail(self, field: str, problem: str) -> ManifestError:
-        return ManifestError(self.path, field, problem)
+    def fail(self, field: str | tuple[str | int, ...], problem: str) -> ManifestError:
+        return ManifestError(self.path, _field_name(field), problem)
 
-    def obj(self, value: Any, field: str, allowed: frozenset[str], required: tuple[str, ...]) -> dict[str, Any]:
-        if not isinstance(value, dict):
+    def obj(self, value: Any, field: str | tuple[str | int, ...], allowed: frozenset[str],
+            required: tuple[str, ...]) -> dict[str, Any]:
+        if type(value) is not dict:
             raise self.fail(field, f"expected an object, got {type(value).__name__}")
-        for key in value:
-            if key not in allowed:
-                raise self.fail(f"{field}.{key}" if field else key,
-                                f"unknown field (known: {', '.join(sorted(allowed))})")
+        if not allowed.issuperset(value):
+            key = next(k for k in value if k not in allowed)
+            raise self.fail((*field, key) if isinstance(field, tuple) else (f"{field}.{key}" if field else key),
+                            f"unknown field (known: {', '.join(sorted(allowed))})")
         for key in required:
             if key not in value:
-                raise self.fail(f"{field}.{key}" if field else key, "missing")
+                raise self.fail((*field, key) if isinstance(field, tuple) else (f"{field}.{key}" if field else key),
+                                "missing")
         return value
 
-    def string(self, value: Any, field: str, chars: frozenset[str] | None = None, maxlen: int = 128) -> str:
-        if not isinstance(value, str):
+    def string(self, value: Any, field: str | tuple[str | int, ...], chars: frozenset[str] | None = None,
+               maxlen: int = 128) -> str:
+        if type(value) is not str:
             raise self.fail(field, f"expected a string, got {type(value).__name__}")
         if not value or len(value) > maxlen:
             raise self.fail(field, f"expected 1 to {maxlen} characters")
-        if chars is not None and not set(value) <= chars:
+        if chars is not None and not chars.issuperset(value):
             raise self.fail(field, f"{value!r} has characters outside {''.join(sorted(chars))!r}")
         return value
 
-    def integer(self, value: Any, field: str, lo: int, hi: int) -> int:
+    def integer(self, value: Any, field: str | tuple[str | int, ...], lo: int, hi: int) -> int:
         if type(value) is not int:
             raise self.fail(field, f"expected an integer, got {type(value).__name__}")
         if not lo <= value <= hi:
             raise self.fail(field, f"{value} is outside {lo}..{hi}")
         return value
 
-    def strings(self, value: Any, field: str, chars: frozenset[str] | None = None, maxlen: int = 128) -> tuple[str, ...]:
-        if not isinstance(value, list):
+    def strings(self, value: Any, field: tuple[str | int, ...], chars: frozenset[str] | None = None,
+                maxlen: int = 128) -> tuple[str, ...]:
+        if type(value) is not list:
             raise self.fail(field, f"expected a list, got {type(value).__name__}")
         if len(value) > 512:
             raise self.fail(field, "more than 512 entries")
-        return tuple(self.string(v, f"{field}[{i}]", chars, maxlen) for i, v in enumerate(value))
+        if any(type(v) is not str or not 0 < len(v) <= maxlen for v in value) or (
+                chars is not None and not chars.issuperset("".join(value))):
+            for i, v in enumerate(value):
+                self.string(v, (*field, i), chars, maxlen)  # raises with the precise problem
+        return tuple(value)
 
 
-def _check_file(c: _Checker, value: Any, field: str) -> str:
+def _check_file(c: _Checker, value: Any, field: tuple[str | int, ...]) -> str:
     rel = c.string(value, field, _FILE_CHARS | {"/"}, 255)
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -343,34 +372,30 @@ def _check_file(c: _Checker, value: Any, field: str) -> str:
     return rel
 
 
-def _check_cuda(c: _Checker, value: Any, field: str) -> CudaTargets:
+def _check_cuda(c: _Checker, value: Any, field: tuple[str | int, ...]) -> CudaTargets:
     d = c.obj(value, field, _CUDA_FIELDS, ("sass", "ptx", "runtime"))
-    sass = c.strings(d["sass"], f"{field}.sass", _NAME_CHARS, 8)
-    ptx = c.strings(d["ptx"], f"{field}.ptx", _NAME_CHARS, 8)
-    for i, t in enumerate(sass):
-        try:
-            parse_sm(t)
-        except ValueError as exc:
-            raise c.fail(f"{field}.sass[{i}]", f"{t!r}: {exc}") from None
-    for i, t in enumerate(ptx):
-        try:
-            parse_sm(t)
-        except ValueError as exc:
-            raise c.fail(f"{field}.ptx[{i}]", f"{t!r}: {exc}") from None
+    sass = c.strings(d["sass"], (*field, "sass"), _NAME_CHARS, 8)
+    ptx = c.strings(d["ptx"], (*field, "ptx"), _NAME_CHARS, 8)
+    for key, targets in (("sass", sass), ("ptx", ptx)):
+        for i, t in enumerate(targets):
+            try:
+                parse_sm(t)
+            except ValueError as exc:
+                raise c.fail((*field, key, i), f"{t!r}: {exc}") from None
     if not sass and not ptx:
         raise c.fail(field, "a CUDA build must carry at least one SASS or PTX target")
     rt = d["runtime"]
-    if not (isinstance(rt, list) and len(rt) == 2):
-        raise c.fail(f"{field}.runtime", "expected [major, minor]")
-    major = c.integer(rt[0], f"{field}.runtime[0]", 1, 99)
-    minor = c.integer(rt[1], f"{field}.runtime[1]", 0, 99)
+    if not (type(rt) is list and len(rt) == 2):
+        raise c.fail((*field, "runtime"), "expected [major, minor]")
+    major = c.integer(rt[0], (*field, "runtime", 0), 1, 99)
+    minor = c.integer(rt[1], (*field, "runtime", 1), 0, 99)
     return CudaTargets(sass=sass, ptx=ptx, runtime=(major, minor))
 
 
 def parse_manifest(data: Any, path: str) -> Manifest:
     """Validate decoded manifest JSON.  Pure: raises :class:`ManifestError` and nothing else."""
     c = _Checker(path)
-    if isinstance(data, dict) and "schema" in data:
+    if type(data) is dict and "schema" in data:
         schema = data["schema"]
         if type(schema) is int and schema > SCHEMA_VERSION:
             raise c.fail("schema", f"schema {schema} was written by a newer fatdispatch; this runtime reads schema "
@@ -380,41 +405,42 @@ def parse_manifest(data: Any, path: str) -> Manifest:
     module = c.string(top["module"], "module", _FILE_CHARS, 200)
     generator = c.string(top.get("generator", "unknown"), "generator", None, 200)
     raw_variants = top["variants"]
-    if not isinstance(raw_variants, list) or not raw_variants:
+    if type(raw_variants) is not list or not raw_variants:
         raise c.fail("variants", "expected a non-empty list")
     if len(raw_variants) > MAX_VARIANTS:
         raise c.fail("variants", f"more than {MAX_VARIANTS} builds")
     variants = []
     names: set[str] = set()
     for i, raw in enumerate(raw_variants):
-        f = f"variants[{i}]"
+        f = ("variants", i)
         v = c.obj(raw, f, _VARIANT_FIELDS, ("name", "kind", "file", "arch", "requires"))
-        name = c.string(v["name"], f"{f}.name", _NAME_CHARS, 64)
+        name = c.string(v["name"], (*f, "name"), _NAME_CHARS, 64)
         if name in names:
-            raise c.fail(f"{f}.name", f"duplicate build name {name!r}")
+            raise c.fail((*f, "name"), f"duplicate build name {name!r}")
         names.add(name)
-        kind = c.string(v["kind"], f"{f}.kind")
-        if kind not in KINDS:
-            raise c.fail(f"{f}.kind", f"{kind!r} is not one of {', '.join(KINDS)}")
-        file = _check_file(c, v["file"], f"{f}.file")
-        arch = c.string(v["arch"], f"{f}.arch", _NAME_CHARS, 32)
-        priority = c.integer(v.get("priority", 0), f"{f}.priority", -1000, 1000)
-        req = c.obj(v["requires"], f"{f}.requires", _REQUIRES_FIELDS, ("features",))
-        features = frozenset(c.strings(req["features"], f"{f}.requires.features", _NAME_CHARS, 64))
+        kind = v["kind"]
+        if kind not in KINDS or type(kind) is not str:
+            c.string(kind, (*f, "kind"))
+            raise c.fail((*f, "kind"), f"{kind!r} is not one of {', '.join(KINDS)}")
+        file = _check_file(c, v["file"], (*f, "file"))
+        arch = c.string(v["arch"], (*f, "arch"), _NAME_CHARS, 32)
+        priority = c.integer(v.get("priority", 0), (*f, "priority"), -1000, 1000)
+        req = c.obj(v["requires"], (*f, "requires"), _REQUIRES_FIELDS, ("features",))
+        features = frozenset(c.strings(req["features"], (*f, "requires", "features"), _NAME_CHARS, 64))
         level = None
         if "x86_64_level" in req:
-            level = c.integer(req["x86_64_level"], f"{f}.requires.x86_64_level", 1, 4)
+            level = c.integer(req["x86_64_level"], (*f, "requires", "x86_64_level"), 1, 4)
         cuda = None
         if kind == "cuda":
             if "cuda" not in req:
-                raise c.fail(f"{f}.requires.cuda", "missing (required for kind 'cuda')")
-            cuda = _check_cuda(c, req["cuda"], f"{f}.requires.cuda")
+                raise c.fail((*f, "requires", "cuda"), "missing (required for kind 'cuda')")
+            cuda = _check_cuda(c, req["cuda"], (*f, "requires", "cuda"))
         elif "cuda" in req:
-            raise c.fail(f"{f}.requires.cuda", "only builds of kind 'cuda' may require CUDA")
-        props = c.strings(v.get("properties", []), f"{f}.properties", None, 200)
+            raise c.fail((*f, "requires", "cuda"), "only builds of kind 'cuda' may require CUDA")
+        props = c.strings(v.get("properties", []), (*f, "properties"), None, 200)
         for j, p in enumerate(props):
             if p.count("::") != 2:
-                raise c.fail(f"{f}.properties[{j}]", f"{p!r} is not 'namespace :: feature :: value'")
+                raise c.fail((*f, "properties", j), f"{p!r} is not 'namespace :: feature :: value'")
         variants.append(Variant(name=name, kind=kind, file=file, arch=arch, priority=priority, features=features,
                                 x86_64_level=level, cuda=cuda, properties=props))
     return Manifest(module=module, schema=SCHEMA_VERSION, generator=generator, variants=tuple(variants), path=path)
