@@ -247,3 +247,76 @@ def test_cibuildwheel_reads_the_recipe() -> None:
     cfg = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["tool"]["cibuildwheel"]
     assert "libcuda.so.*" in cfg["linux"]["repair-wheel-command"]
     assert "FATDISPATCH_FORCE" in cfg["test-command"] or "test-variants" in cfg["test-command"]
+
+
+# ---------------------------------------------------------------- frozen applications
+
+
+APP = """
+import os, sys
+import fatdemo
+a, b = os.urandom(100_003), os.urandom(100_003)
+print(fatdemo.variant(), fatdemo.hamming(a, b) == fatdemo.hamming_reference(a, b), getattr(sys, "frozen", False))
+"""
+
+
+@pytest.mark.parametrize("mode", ["--onedir", "--onefile"])
+def test_pyinstaller_app_carries_every_build(mode: str, demo_venv: Path, tmp_path: Path,
+                                             clean_env: dict[str, str]) -> None:
+    pytest.importorskip("PyInstaller")
+    from fatdispatch._runtime import probe_cpu
+    level = probe_cpu().x86_64_level or 1
+    best = "baseline" if level == 1 else f"x86-64-v{level}"
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    # the fresh venv's fatdemo and fatdispatch (wheels) come first on the path PyInstaller analyses
+    env = dict(clean_env, PYTHONPATH=str(site_packages(demo_venv)), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN", mode,
+         "--distpath", str(tmp_path / "dist"), "--workpath", str(tmp_path / "work"), "--specpath", str(tmp_path),
+         str(app)], env=env)
+    exe = tmp_path / "dist" / ("app" if mode == "--onefile" else "app/app")
+    out = run([str(exe)], env=clean_env, cwd="/").stdout.split()
+    assert out == [best, "True", "True"], out
+    forced = run([str(exe)], env=dict(clean_env, FATDISPATCH_FORCE="baseline"), cwd="/").stdout.split()
+    assert forced[:2] == ["baseline", "True"]
+    bad = subprocess.run([str(exe)], env=dict(clean_env, FATDISPATCH_FORCE="nonsense"), capture_output=True, text=True)
+    assert bad.returncode != 0 and "valid values" in bad.stderr
+    if mode == "--onedir":
+        variants = {p.name for p in (tmp_path / "dist" / "app" / "_internal" / "fatdemo" / "_core.variants").iterdir()}
+        assert {"manifest.json", "baseline", "x86-64-v2", "x86-64-v3", "x86-64-v4", "cuda-sm90", "cuda-ptx75"} <= variants
+
+
+# ---------------------------------------------------------------- slim wheels
+
+
+def test_slim_wheel_installs_and_keeps_only_the_chosen_builds(wheels: dict[str, Path], tmp_path: Path,
+                                                               clean_env: dict[str, str]) -> None:
+    out = tmp_path / "slim"
+    p = run([sys.executable, "-m", "fatdispatch", "slim", str(wheels["fatdemo"]), "--keep", "x86-64-v2", "cuda-sm90",
+             "-o", str(out)])
+    slim = out / wheels["fatdemo"].name
+    with zipfile.ZipFile(slim) as zf:
+        m = json.loads(zf.read("fatdemo/_core.variants/manifest.json"))
+        names = zf.namelist()
+        record = zf.read(next(n for n in names if n.endswith("RECORD"))).decode()
+    assert [v["name"] for v in m["variants"]] == ["baseline", "x86-64-v2", "cuda-sm90"]
+    assert not any("x86-64-v4" in n or "cuda-sm80" in n for n in names)
+    assert all(n in record for n in names)
+    assert slim.stat().st_size < wheels["fatdemo"].stat().st_size / 2
+    # pip verifies RECORD hashes on install; then the slim wheel imports and runs
+    venv = tmp_path / "v"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    site = site_packages(venv / "bin" / "python")
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
+         str(wheels["fatdispatch"]), str(slim)])
+    out2 = run([str(venv / "bin" / "python"), str(EXAMPLE / "tests" / "test_fatdemo.py")], env=clean_env, cwd="/")
+    assert "x86-64-v2" in out2.stdout and "6 passed, 0 failed" in out2.stdout
+
+
+def test_slim_refuses_unknown_builds_and_warns_when_dropping_baseline(wheels: dict[str, Path], tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "fatdispatch", "slim", str(wheels["fatdemo"]), "--keep", "avx9000",
+                        "-o", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 1 and "no build named avx9000" in p.stderr
+    p = run([sys.executable, "-m", "fatdispatch", "slim", str(wheels["fatdemo"]), "--keep", "x86-64-v3",
+             "--drop-baseline", "-o", str(tmp_path)])
+    assert "dropping its baseline build 'baseline'" in p.stderr

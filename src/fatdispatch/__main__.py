@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     tv.add_argument("--module", action="append", default=[], help="only this fat module (repeatable)")
     tv.add_argument("--qemu", action="store_true", help="also run older x86-64 builds under qemu-x86_64")
     tv.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    sl = sub.add_parser("slim", help="write a copy of a wheel holding only the chosen builds")
+    sl.add_argument("wheel")
+    sl.add_argument("--keep", nargs="+", required=True, help="build names to keep (the baseline is kept too)")
+    sl.add_argument("-o", "--out", default="slim", help="output folder (default ./slim)")
+    sl.add_argument("--drop-baseline", action="store_true", help="also drop the baseline build (warns)")
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
@@ -34,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
             if not cmd:
                 parser.error("test-variants needs a command after --")
             return test_variants(cmd, args.module, args.qemu)
+        if args.command == "slim":
+            from .build._wheel import print_slim
+
+            return print_slim(args.wheel, args.keep, args.out, args.drop_baseline)
         if args.command == "inspect":
             from .build._wheel import print_inspect
 

@@ -20,7 +20,12 @@ import _imp
 import _thread
 import os
 import sys
-from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec
+
+# importlib's bootstrap modules are always loaded; importing importlib.machinery would cost a module load.
+_bootstrap_external = sys.modules["_frozen_importlib_external"]
+EXTENSION_SUFFIXES = _bootstrap_external.EXTENSION_SUFFIXES
+ExtensionFileLoader = _bootstrap_external.ExtensionFileLoader
+ModuleSpec = sys.modules["_frozen_importlib"].ModuleSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

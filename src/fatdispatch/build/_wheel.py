@@ -72,3 +72,81 @@ def print_inspect(path: str, as_json: bool) -> int:
     if info["over_pypi_limit"]:
         print(f"WARNING: {path} is {info['size'] / 2**20:.1f} MiB, over PyPI's 100 MiB limit", file=sys.stderr)
     return 0
+
+
+# ---------------------------------------------------------------- slim
+
+
+def _record_line(name: str, data: bytes) -> str:
+    import base64
+    import hashlib
+
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def _baseline_of(man: Manifest) -> str | None:
+    cpus = [v for v in man.variants if v.kind == "cpu"]
+    if not cpus:
+        return None
+    named = [v for v in cpus if v.name == "baseline"]
+    return (named or [min(cpus, key=lambda v: (v.x86_64_level or 0, len(v.features)))])[0].name
+
+
+def slim_wheel(path: str, keep: list[str], out_dir: str, drop_baseline: bool = False) -> tuple[str, list[str]]:
+    """Write a copy of the wheel holding only the builds in ``keep`` (plus each module's baseline unless
+    ``drop_baseline``), with manifests and RECORD rewritten.  Returns (new wheel path, warnings)."""
+    import os
+
+    from .._runtime import FatDispatchError
+
+    warnings: list[str] = []
+    os.makedirs(out_dir, exist_ok=True)
+    target = os.path.join(out_dir, os.path.basename(path))
+    if os.path.abspath(target) == os.path.abspath(path):
+        raise FatDispatchError("slim: the output folder must differ from the wheel's folder")
+    with zipfile.ZipFile(path) as src:
+        modules = fat_modules_in_wheel(src)
+        if not modules:
+            raise FatDispatchError(f"slim: {path} has no fat modules")
+        all_names = {v.name for _, m in modules for v in m.variants}
+        unknown = sorted(set(keep) - all_names)
+        if unknown:
+            raise FatDispatchError(f"slim: no build named {', '.join(unknown)}; the wheel has {', '.join(sorted(all_names))}")
+        drop_prefixes: list[str] = []
+        new_manifests: dict[str, bytes] = {}
+        for folder, man in modules:
+            base = _baseline_of(man)
+            kept = set(keep)
+            if base and not drop_baseline:
+                kept.add(base)
+            elif base and base not in kept:
+                warnings.append(f"{man.module}: dropping its baseline build {base!r}: machines older than the kept "
+                                "builds will fail to import it")
+            if not kept & {v.name for v in man.variants}:
+                raise FatDispatchError(f"slim: nothing of {man.module} would be left")
+            raw = json.loads(src.read(f"{folder}/manifest.json"))
+            raw["variants"] = [v for v in raw["variants"] if v["name"] in kept]
+            new_manifests[f"{folder}/manifest.json"] = (json.dumps(raw, indent=1) + "\n").encode()
+            drop_prefixes += [f"{folder}/{v.file}" for v in man.variants if v.name not in kept]
+        record_name = next(n for n in src.namelist() if n.endswith(".dist-info/RECORD"))
+        records: list[str] = []
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                name = info.filename
+                if name == record_name or any(name.startswith(p) for p in drop_prefixes):
+                    continue
+                data = new_manifests.get(name, src.read(info))
+                dst.writestr(info, data)
+                records.append(_record_line(name, data))
+            records.append(f"{record_name},,")
+            dst.writestr(record_name, "\n".join(records) + "\n")
+    return target, warnings
+
+
+def print_slim(path: str, keep: list[str], out_dir: str, drop_baseline: bool) -> int:
+    target, warnings = slim_wheel(path, keep, out_dir, drop_baseline)
+    for w in warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
+    print(target)
+    return print_inspect(target, False)
