@@ -239,3 +239,21 @@ def test_init_that_raises_falls_back(demo_venv: Path, clean_env: dict[str, str],
     run(["cc", "-shared", "-fPIC", f"-I{inc}", str(c), "-o", str(variants / best / f"_core{_suffix()}")])
     out = probe(demo_venv, dict(clean_env, PYTHONPATH=str(site)))
     assert out["variant"] != best and "init exploded" in dict(out["attempts"])[best]
+
+
+def test_subinterpreter_works_or_fails_clearly(demo_venv: Path, clean_env: dict[str, str]) -> None:
+    code = """
+import fatdemo
+try:
+    import _xxsubinterpreters as interpreters
+except ImportError:
+    print('no-subinterpreters'); raise SystemExit
+i = interpreters.create()
+try:
+    interpreters.run_string(i, "import fatdemo; assert fatdemo.hamming(b'\\\\x01', b'\\\\x03') == 1")
+    print('works')
+except interpreters.RunFailedError as e:
+    print('failed:', e)
+"""
+    out = run([str(demo_venv), "-c", code], env=clean_env).stdout.strip()
+    assert out in ("works", "no-subinterpreters") or ("ImportError" in out or "fatdispatch" in out), out

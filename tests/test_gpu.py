@@ -182,3 +182,20 @@ def test_symlinked_cache_is_ignored(cache, tmp_path) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.symlink(target, path)
     assert _slow.read_cache(path, key) is None
+
+
+def test_foreign_owned_cache_is_ignored(cache) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to chown")
+    path, key = cache
+    _nvml.write_cache(path, key, gpu_fixture("h100-driver580"))
+    os.chown(path, 65534, -1)
+    assert _slow.read_cache(path, key) is None
+
+
+def test_cache_never_widens_what_is_runnable(cache, monkeypatch) -> None:
+    """A hit in the cache is used only if the driver-derived key matches; otherwise NVML is asked again."""
+    path, key = cache
+    fake = gpu_fixture("h100-driver580")
+    _nvml.write_cache(path, dict(key, boot_id="another boot"), fake)
+    assert _slow.read_cache(path, key) is None

@@ -195,3 +195,31 @@ def test_format_selection_mentions_every_build() -> None:
     text = format_selection(select(M, machine("qemu-haswell"), {}))
     for v in M.variants:
         assert v.name in text
+
+
+# ---------------------------------------------------------------- hostile environment
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+VARS = ["FATDISPATCH_FORCE", "FATDISPATCH_UNSAFE_FORCE", "FATDISPATCH_DISABLE", "FATDISPATCH_VERBOSE",
+        "FATDISPATCH_GPU_CACHE", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"]
+TEXT = st.one_of(st.text(max_size=40), st.sampled_from(["cpu", "cuda", "baseline", "../../lib.so", "/tmp/x.so",
+                                                        "fatdemo._core:", ":", ",", "avx2,avx512", "-1", "GPU-"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(VARS), TEXT, max_size=len(VARS)), st.sampled_from(
+    ["qemu-qemu64", "qemu-haswell", "host-sapphirerapids-vm"]), st.sampled_from([None, "mixed-t4-h100-driver580"]))
+def test_fuzzed_environment_never_crashes_or_loads_a_path(env: dict[str, str], cpu: str, gpu: str | None) -> None:
+    try:
+        sel = select(M, machine(cpu, gpu), env)
+    except ConfigError as exc:
+        assert "FATDISPATCH_" in str(exc)
+        return
+    names = {v.name for v in M.variants}
+    assert set(sel.order) <= names  # only builds from the manifest, never a path from the environment
+    if sel.error is None:
+        assert sel.order
+    if env.get("FATDISPATCH_UNSAFE_FORCE", "0").strip().lower() not in ("1", "true", "yes", "on"):
+        assert all(sel.candidate(n).usable for n in sel.order)  # nothing unrunnable unless explicitly unsafe
