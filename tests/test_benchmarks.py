@@ -1,0 +1,23 @@
+"""The benchmark suite runs end to end on a tiny size (benchmarks are not timed tests: nothing here checks speed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_all_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    p = run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--tiny", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert {"import", "probe", "calls", "pick", "build", "gpu"} <= set(r)
+    assert r["import"]["fat_median_s"] > 0 and r["calls"]["module_is_the_extension"] is True
+    assert r["pick"]["auto_pick"] in r["pick"]["builds"]
+    assert "import fatdemo" in p.stdout and "Kernel throughput" in p.stdout
