@@ -147,16 +147,19 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "dir": out}
 
 
+def fresh_venv(where: Path, *wheel_files: Path) -> Path:
+    """A new virtual environment at ``where`` holding only ``wheel_files`` (installed offline); its python."""
+    run([sys.executable, "-m", "venv", "--without-pip", str(where)])
+    py = where / "bin" / "python"
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site_packages(py)),
+         *map(str, wheel_files)])
+    return py
+
+
 @pytest.fixture(scope="session")
 def demo_venv(wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with only fatdispatch and fatdemo installed from their wheels."""
-    venv = tmp_path_factory.mktemp("venv") / "v"
-    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    py = venv / "bin" / "python"
-    site = run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", site,
-         str(wheels["fatdispatch"]), str(wheels["fatdemo"])])
-    return py
+    return fresh_venv(tmp_path_factory.mktemp("venv") / "v", wheels["fatdispatch"], wheels["fatdemo"])
 
 
 def site_packages(py: Path) -> Path:

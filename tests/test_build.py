@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, FIXTURES, ROOT, run, site_packages
+from conftest import EXAMPLE, FIXTURES, ROOT, fresh_venv, run, site_packages
 
 pytestmark = pytest.mark.slow
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
@@ -138,12 +138,8 @@ def test_auditwheel_repair_keeps_every_variant(wheels: dict[str, Path], tmp_path
     for v in before["variants"]:
         assert any(n.startswith(f"fatdemo/_core.variants/{v['file']}") for n in names), v["name"]
     # and it installs and imports in a fresh environment
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    site = site_packages(venv / "bin" / "python")
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
-         str(wheels["fatdispatch"]), str(repaired)])
-    p = run([str(venv / "bin" / "python"), str(EXAMPLE / "tests" / "test_fatdemo.py")], env=clean_env, cwd="/")
+    py = fresh_venv(tmp_path / "venv", wheels["fatdispatch"], repaired)
+    p = run([str(py), str(EXAMPLE / "tests" / "test_fatdemo.py")], env=clean_env, cwd="/")
     assert "6 passed, 0 failed" in p.stdout
 
 
@@ -173,14 +169,9 @@ def test_cffi_and_setup_py_package(cffi_wheel: Path, wheels: dict[str, Path], tm
     for mod, variants in (("_native", ["baseline", "x86-64-v3"]), ("_plain", ["baseline", "x86-64-v2"])):
         for v in variants:
             assert f"cffipkg/{mod}.variants/{v}/{mod}{SUFFIX}" in names
-    venv = tmp_path / "v"
-    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    py = venv / "bin" / "python"
-    site = site_packages(py)
+    py = fresh_venv(tmp_path / "v", wheels["fatdispatch"], cffi_wheel)
     import cffi
     backend = Path(cffi.__file__).parent.parent
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
-         str(wheels["fatdispatch"]), str(cffi_wheel)])
     env = dict(clean_env, PYTHONPATH=str(tmp_path / "cffi_only"))
     (tmp_path / "cffi_only").mkdir()
     for item in backend.glob("_cffi_backend*"):
@@ -304,12 +295,8 @@ def test_slim_wheel_installs_and_keeps_only_the_chosen_builds(wheels: dict[str, 
     assert all(n in record for n in names)
     assert slim.stat().st_size < wheels["fatdemo"].stat().st_size / 2
     # pip verifies RECORD hashes on install; then the slim wheel imports and runs
-    venv = tmp_path / "v"
-    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    site = site_packages(venv / "bin" / "python")
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
-         str(wheels["fatdispatch"]), str(slim)])
-    out2 = run([str(venv / "bin" / "python"), str(EXAMPLE / "tests" / "test_fatdemo.py")], env=clean_env, cwd="/")
+    py = fresh_venv(tmp_path / "v", wheels["fatdispatch"], slim)
+    out2 = run([str(py), str(EXAMPLE / "tests" / "test_fatdemo.py")], env=clean_env, cwd="/")
     assert "x86-64-v2" in out2.stdout and "6 passed, 0 failed" in out2.stdout
 
 

@@ -199,3 +199,31 @@ def test_cache_never_widens_what_is_runnable(cache, monkeypatch) -> None:
     fake = gpu_fixture("h100-driver580")
     _nvml.write_cache(path, dict(key, boot_id="another boot"), fake)
     assert _slow.read_cache(path, key) is None
+
+
+def test_cuda_build_failing_to_load_drops_the_cached_gpu_facts(tmp_path, monkeypatch) -> None:
+    """If the cache said 'H100 usable' but the CUDA build then fails to load, the cache entry is removed."""
+    import json as _json
+
+    from conftest import demo_manifest, machine
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = _slow.cache_path({"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    _nvml.write_cache(path, {"k": 1}, gpu_fixture("h100-driver580"))
+    assert os.path.exists(path)
+    variants = tmp_path / "_core.variants"
+    m = demo_manifest()
+    for v in m.variants:
+        f = variants / (v.file + rt.EXTENSION_SUFFIXES[0])
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"not a shared object")
+    (variants / "manifest.json").write_text(_json.dumps({"schema": 1, "module": m.module, "variants": []}))
+    hw = machine("host-sapphirerapids-vm", "h100-driver580")
+    hw = hw.replace(gpu=hw.gpu.replace(source="cache"))
+    sel = rt.select(m, hw, {})
+    assert sel.chosen == "cuda-sm90"
+    loader = rt.FatLoader(sel, str(variants))
+    spec = rt.ModuleSpec(m.module, loader)
+    with pytest.raises(rt.NoUsableBuildError) as info:
+        loader.create_module(spec)
+    assert not os.path.exists(path)  # dropped after the CUDA build failed
+    assert "cuda-sm90" in str(info.value) and "baseline" in str(info.value)

@@ -1278,20 +1278,22 @@ class FatLoader:
             if path is None:
                 attempts.append((build, why))
                 continue
-            bad = check_elf(path, variant.arch)
-            if bad is not None:
-                attempts.append((build, f"{path}: {bad}"))
-                continue
-            try:
-                module = self._load(name, path, variant)
-            except BaseException as exc:  # noqa: BLE001 - any failure of one build means: try the next
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
-                attempts.append((build, f"{type(exc).__name__}: {exc}"))
+            failure = check_elf(path, variant.arch)
+            if failure is not None:
+                failure = f"{path}: {failure}"
+            else:
+                try:
+                    module = self._load(name, path, variant)
+                except BaseException as exc:  # noqa: BLE001 - any failure of one build means: try the next
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        raise
+                    failure = f"{type(exc).__name__}: {exc}"
+            if failure is not None:
+                attempts.append((build, failure))
                 if variant.kind == "cuda" and sel.hardware.gpu.source == "cache":
                     from ._slowpath import drop_cache
 
-                    drop_cache(os.environ)  # the cached GPU facts may be stale
+                    drop_cache(os.environ)  # the cached GPU facts may be stale: ask NVML next time
                 continue
             spec.origin = path
             spec.has_location = True
