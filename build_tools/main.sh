@@ -11,7 +11,7 @@ rm -rf dist && mkdir -p dist/raw dist/repaired
 echo; echo "== building fatdispatch and the fatdemo fat wheel"
 $PY -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w dist/raw . examples/fatdemo
 echo; echo "== auditwheel repair (keeping the NVIDIA driver library out of the wheel)"
-$PY -m auditwheel repair -q --exclude 'libcuda.so.*' -w dist/repaired dist/raw/fatdemo-*.whl
+$PY -m auditwheel repair --exclude 'libcuda.so.*' -w dist/repaired dist/raw/fatdemo-*.whl
 WHEEL=$(ls dist/repaired/fatdemo-*.whl)
 $PY -m fatdispatch inspect "$WHEEL"
 

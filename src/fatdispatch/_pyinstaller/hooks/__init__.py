@@ -1,0 +1,1 @@
+"""PyInstaller hook files (hook-*.py); see fatdispatch._pyinstaller."""
