@@ -23,4 +23,4 @@ echo; echo "== import fatdemo: what was picked, and why not the others"
 $PY -m fatdispatch report
 
 echo; echo "== kernel speed of every build this machine can run (fresh interpreters, interleaved, medians)"
-$PY benchmarks/kernel_speed.py --quick
+$PY benchmarks/kernel_speed.py --quick || echo "note: the automatic pick measured more than 5% below the fastest build in this (quick, noisy) run"
