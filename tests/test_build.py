@@ -307,3 +307,47 @@ def test_slim_refuses_unknown_builds_and_warns_when_dropping_baseline(wheels: di
     p = run([sys.executable, "-m", "fatdispatch", "slim", str(wheels["fatdemo"]), "--keep", "x86-64-v3",
              "--drop-baseline", "-o", str(tmp_path)])
     assert "dropping its baseline build 'baseline'" in p.stderr
+
+
+# ---------------------------------------------------------------- split into variant wheels
+
+
+def test_split_into_pep825_variant_wheels(wheels: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("variantlib")
+    from variantlib.variant_dist_info import VariantDistInfo
+    out = tmp_path / "split"
+    run([sys.executable, "-m", "fatdispatch", "split", str(wheels["fatdemo"]), "-o", str(out)])
+    fat = out / wheels["fatdemo"].name
+    assert fat.read_bytes() == wheels["fatdemo"].read_bytes()  # the fat wheel stays, unchanged, as the fallback
+    stem = wheels["fatdemo"].name[:-4]
+    labels = {"baseline": "x86_64 :: level :: v1", "x86_64_v3": "x86_64 :: level :: v3",
+              "cuda_sm90": "nvidia :: sm_arch :: 90_real", "cuda_ptx75": "nvidia :: sm_arch :: 75_virtual"}
+    for label, prop in labels.items():
+        w = out / f"{stem}-{label}.whl"
+        with zipfile.ZipFile(w) as zf:
+            names = zf.namelist()
+            info = VariantDistInfo(zf.read("fatdemo-0.1.0.dist-info/variant.json").decode())
+            m = json.loads(zf.read("fatdemo/_core.variants/manifest.json"))
+            record = zf.read("fatdemo-0.1.0.dist-info/RECORD").decode()
+        assert info.variant_label == label and prop in [p.to_str() for p in info.variant_desc.properties]
+        assert len(m["variants"]) == 1 and variant_label_of(m["variants"][0]["name"]) == label
+        builds = {n.split("/")[2] for n in names if n.startswith("fatdemo/_core.variants/") and n.count("/") == 3}
+        assert builds == {m["variants"][0]["name"]}
+        assert "fatdemo-0.1.0.dist-info/variant.json,sha256=" in record
+    with zipfile.ZipFile(out / f"{stem}-cuda_sm90.whl") as zf:
+        props = VariantDistInfo(zf.read("fatdemo-0.1.0.dist-info/variant.json").decode()).variant_desc.properties
+    assert "nvidia :: cuda_version_lower_bound :: 13.0" in [p.to_str() for p in props]
+    # variantlib's own index over our variant wheels equals the index split wrote
+    check = tmp_path / "check"
+    check.mkdir()
+    for w in out.glob(f"{stem}-*.whl"):
+        shutil.copy(w, check)
+    run([str(Path(sys.executable).parent / "variantlib"), "generate-index-json", "-d", str(check)])
+    ours = json.loads((out / "fatdemo-0.1.0-variants.json").read_text())
+    theirs = json.loads((check / "fatdemo-0.1.0-variants.json").read_text())
+    assert ours == theirs and len(ours["variants"]) == 9
+
+
+def variant_label_of(build: str) -> str:
+    from fatdispatch.build._wheel import variant_label
+    return variant_label(build)

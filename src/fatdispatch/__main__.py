@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     sl.add_argument("--keep", nargs="+", required=True, help="build names to keep (the baseline is kept too)")
     sl.add_argument("-o", "--out", default="slim", help="output folder (default ./slim)")
     sl.add_argument("--drop-baseline", action="store_true", help="also drop the baseline build (warns)")
+    sp = sub.add_parser("split", help="one PEP 825 variant wheel per build, plus the index and the fat fallback")
+    sp.add_argument("wheel")
+    sp.add_argument("-o", "--out", default="variants-out", help="output folder (default ./variants-out)")
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
@@ -43,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             from .build._wheel import print_slim
 
             return print_slim(args.wheel, args.keep, args.out, args.drop_baseline)
+        if args.command == "split":
+            from .build._wheel import split_wheel
+
+            for written in split_wheel(args.wheel, args.out):
+                print(written)
+            return 0
         if args.command == "inspect":
             from .build._wheel import print_inspect
 

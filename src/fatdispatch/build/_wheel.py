@@ -93,6 +93,31 @@ def _baseline_of(man: Manifest) -> str | None:
     return (named or [min(cpus, key=lambda v: (v.x86_64_level or 0, len(v.features)))])[0].name
 
 
+def _rewrite(src: zipfile.ZipFile, target: str, keep: Any, replace: dict[str, bytes],
+             add: dict[str, bytes] | None = None) -> None:
+    """Copy the wheel ``src`` to ``target``: files for which ``keep(name)`` holds, with ``replace`` applied,
+    ``add`` added to the dist-info folder, and RECORD rewritten (sha256 and size of every file)."""
+    record_name = next(n for n in src.namelist() if n.endswith(".dist-info/RECORD"))
+    dist_info = record_name.rsplit("/", 1)[0]
+    records: list[str] = []
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            name = info.filename
+            if name == record_name or not keep(name):
+                continue
+            data = replace[name] if name in replace else src.read(info)
+            out = zipfile.ZipInfo(name, info.date_time)  # a copy: writestr() mutates the ZipInfo it is given
+            out.external_attr = info.external_attr
+            out.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(out, data)
+            records.append(_record_line(name, data))
+        for rel, data in (add or {}).items():
+            dst.writestr(f"{dist_info}/{rel}", data)
+            records.append(_record_line(f"{dist_info}/{rel}", data))
+        records.append(f"{record_name},,")
+        dst.writestr(record_name, "\n".join(records) + "\n")
+
+
 def slim_wheel(path: str, keep: list[str], out_dir: str, drop_baseline: bool = False) -> tuple[str, list[str]]:
     """Write a copy of the wheel holding only the builds in ``keep`` (plus each module's baseline unless
     ``drop_baseline``), with manifests and RECORD rewritten.  Returns (new wheel path, warnings)."""
@@ -129,18 +154,7 @@ def slim_wheel(path: str, keep: list[str], out_dir: str, drop_baseline: bool = F
             raw["variants"] = [v for v in raw["variants"] if v["name"] in kept]
             new_manifests[f"{folder}/manifest.json"] = (json.dumps(raw, indent=1) + "\n").encode()
             drop_prefixes += [f"{folder}/{v.file}" for v in man.variants if v.name not in kept]
-        record_name = next(n for n in src.namelist() if n.endswith(".dist-info/RECORD"))
-        records: list[str] = []
-        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
-            for info in src.infolist():
-                name = info.filename
-                if name == record_name or any(name.startswith(p) for p in drop_prefixes):
-                    continue
-                data = new_manifests.get(name, src.read(info))
-                dst.writestr(info, data)
-                records.append(_record_line(name, data))
-            records.append(f"{record_name},,")
-            dst.writestr(record_name, "\n".join(records) + "\n")
+        _rewrite(src, target, lambda name: not any(name.startswith(p) for p in drop_prefixes), new_manifests)
     return target, warnings
 
 
@@ -150,3 +164,86 @@ def print_slim(path: str, keep: list[str], out_dir: str, drop_baseline: bool) ->
         print(f"WARNING: {w}", file=sys.stderr)
     print(target)
     return print_inspect(target, False)
+
+
+# ---------------------------------------------------------------- split into variant wheels (PEP 825 draft)
+
+VARIANT_SCHEMA = "https://variants-schema.wheelnext.dev/v0.2.0.json"  # variantlib 0.2.x, PEP 825 draft of 2026
+PROVIDERS = {  # the wheelnext provider plugins that answer for these namespaces
+    "x86_64": {"requires": ["provider-variant-x86-64"]},
+    "aarch64": {"requires": ["provider-variant-aarch64"]},
+    "nvidia": {"requires": ["nvidia-variant-provider"]},
+}
+
+
+def variant_label(build: str) -> str:
+    """A PEP 825 variant label (``[0-9a-z._]+``) for a build name: ``x86-64-v3`` -> ``x86_64_v3``."""
+    return build.lower().replace("-", "_")
+
+
+def variant_properties(properties: tuple[str, ...]) -> dict[str, dict[str, list[str]]]:
+    out: dict[str, dict[str, list[str]]] = {}
+    for prop in properties:
+        ns, feature, value = (part.strip() for part in prop.split("::"))
+        values = out.setdefault(ns, {}).setdefault(feature, [])
+        if value not in values:
+            values.append(value)
+    return out
+
+
+def _variants_json(labels: dict[str, dict[str, dict[str, list[str]]]], namespaces: list[str]) -> dict[str, Any]:
+    """The package-wide part (schema, priorities, providers: identical in every wheel and the index) and
+    ``labels``' properties."""
+    return {"$schema": VARIANT_SCHEMA, "default-priorities": {"namespace": namespaces},
+            "providers": {ns: dict(PROVIDERS.get(ns, {"requires": [f"provider-variant-{ns}"]})) for ns in namespaces},
+            "variants": labels}
+
+
+def split_wheel(path: str, out_dir: str) -> list[str]:
+    """One wheel per build, each carrying only that build, a one-build manifest and ``variant.json``; the
+    ``{name}-{version}-variants.json`` index; and the fat wheel itself, unchanged, as the fallback for
+    installers without variant support.  Returns the paths written."""
+    import os
+    import shutil
+
+    from .._runtime import FatDispatchError
+
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.basename(path)
+    if not base.endswith(".whl") or base.count("-") not in (4, 5):
+        raise FatDispatchError(f"split: {base} is not a wheel file name")
+    stem = base[:-4]
+    name, version = stem.split("-")[:2]
+    written = []
+    with zipfile.ZipFile(path) as src:
+        modules = fat_modules_in_wheel(src)
+        if len(modules) != 1:
+            raise FatDispatchError(f"split: {base} has {len(modules)} fat modules; split handles exactly one")
+        folder, man = modules[0]
+        raw = json.loads(src.read(f"{folder}/manifest.json"))
+        all_labels = {variant_label(v.name): variant_properties(v.properties) for v in man.variants}
+        empty = [v.name for v in man.variants if not v.properties]
+        if empty:
+            raise FatDispatchError(f"split: builds {', '.join(empty)} have no wheel-variant properties in the manifest")
+        namespaces = sorted({ns for props in all_labels.values() for ns in props}, key=lambda n: (n != "nvidia", n))
+        for v in man.variants:
+            label = variant_label(v.name)
+            props = all_labels[label]
+            others = [f"{folder}/{o.file}" for o in man.variants if o.name != v.name]
+            one = dict(raw, variants=[e for e in raw["variants"] if e["name"] == v.name])
+            target = os.path.join(out_dir, f"{stem}-{label}.whl")
+            variant_json = json.dumps(_variants_json({label: props}, namespaces), indent=1) + "\n"
+            _rewrite(src, target, lambda n, others=others: not any(n.startswith(p) for p in others),
+                     {f"{folder}/manifest.json": (json.dumps(one, indent=1) + "\n").encode()},
+                     {"variant.json": variant_json.encode()})
+            written.append(target)
+    index = os.path.join(out_dir, f"{name}-{version}-variants.json")
+    with open(index, "w", encoding="utf-8") as f:
+        json.dump(_variants_json(all_labels, namespaces), f, indent=1)
+        f.write("\n")
+    written.append(index)
+    fallback = os.path.join(out_dir, base)
+    if os.path.abspath(fallback) != os.path.abspath(path):
+        shutil.copyfile(path, fallback)
+    written.append(fallback)
+    return written
