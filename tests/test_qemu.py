@@ -58,3 +58,17 @@ def test_report_under_emulation(demo_venv: Path, clean_env: dict[str, str], mode
     p = emulate(model, demo_venv, ["-m", "fatdispatch", "report", "--json"], clean_env)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["hardware"]["cpu"]["x86_64_level"] == level
+
+
+def test_test_variants_command(demo_venv: Path, clean_env: dict[str, str]) -> None:
+    """The packagers' command: every runnable build natively, the older ones under qemu, a table, exit status."""
+    p = subprocess.run([str(demo_venv), "-m", "fatdispatch", "test-variants", "--qemu", "--", str(demo_venv),
+                        str(EXAMPLE_TESTS)], env=clean_env, capture_output=True, text=True, timeout=900, cwd="/")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "qemu -cpu Nehalem" in p.stdout and "qemu -cpu qemu64" in p.stdout
+    assert "skipped: no usable NVIDIA GPU" in p.stdout or "cuda" not in p.stdout
+    assert "0 failed" in p.stdout.splitlines()[-1]
+    bad = subprocess.run([str(demo_venv), "-m", "fatdispatch", "test-variants", "--", str(demo_venv), "-c",
+                          "import fatdemo, sys; sys.exit(fatdemo.variant() == 'baseline')"],
+                         env=clean_env, capture_output=True, text=True, timeout=300, cwd="/")
+    assert bad.returncode == 1 and "FAILED (exit 1)" in bad.stdout
