@@ -44,7 +44,7 @@ def install(package: str, modules: Iterable[str] | None = None) -> None:
         raise FatDispatchError(f"fatdispatch.install({package!r}): {package} is not an imported package; "
                                "call install(__name__) from the package's __init__.py")
     if modules is None:
-        found = []
+        found: list[str] = []
         for p in paths:
             try:
                 found.extend(n[: -len(VARIANTS_SUFFIX)] for n in os.listdir(p) if n.endswith(VARIANTS_SUFFIX))

@@ -29,8 +29,11 @@ ModuleSpec = sys.modules["_frozen_importlib"].ModuleSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec as ModuleSpecT
     from types import ModuleType
-    from typing import Any, Callable, Iterator, Mapping, Sequence
+    from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+
+    _R = TypeVar("_R", bound="Record")
 
 
 # ============================================================================
@@ -120,7 +123,7 @@ class Record:
         return (getattr(self, f) for f in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and tuple(self) == tuple(other)  # type: ignore[arg-type]
+        return type(other) is type(self) and tuple(self) == tuple(other)  # type: ignore[arg-type,unused-ignore]
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, *self))
@@ -129,7 +132,7 @@ class Record:
         body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
         return f"{type(self).__name__}({body})"
 
-    def replace(self, **changes: Any) -> Any:
+    def replace(self: _R, **changes: Any) -> _R:
         values = {f: getattr(self, f) for f in self.__slots__}
         values.update(changes)
         return type(self)(**values)
@@ -165,7 +168,7 @@ class _Context:
 try:
     import _json as _accel
 
-    _scan = _accel.make_scanner(_Context())
+    _scan: Any = _accel.make_scanner(_Context())  # type: ignore[arg-type]
 except (ImportError, AttributeError):  # pragma: no cover - CPython always has it
     _scan = None
 
@@ -1026,8 +1029,8 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str]) -> Se
         fit = 0
         if why is None and v.kind == "cuda":
             why, fit = _judge_cuda(v, hw.gpu, visible, vis_note)
-        score = (1 if v.kind == "cuda" else 0, fit, v.priority, v.x86_64_level or 0, len(v.features),
-                 _max_sm(v), -idx)
+        score: tuple[int, ...] = (1 if v.kind == "cuda" else 0, fit, v.priority, v.x86_64_level or 0,
+                                  len(v.features), _max_sm(v), -idx)
         judged.append((v, why, score))
 
     usable = sorted(((v, s) for v, why, s in judged if why is None), key=lambda p: p[1], reverse=True)
@@ -1113,7 +1116,7 @@ class FatFinder:
     _fatdispatch_finder = True
 
     @staticmethod
-    def find_spec(fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None) -> ModuleSpec | None:
+    def find_spec(fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None) -> ModuleSpecT | None:
         variants_dir = _registry.get(fullname)
         if variants_dir is None:
             return None
@@ -1128,7 +1131,7 @@ def register(fullname: str, variants_dir: str) -> None:
     with _registry_lock:
         _registry[fullname] = variants_dir
         if not any(getattr(f, "_fatdispatch_finder", False) for f in sys.meta_path):
-            sys.meta_path.insert(0, FatFinder)  # type: ignore[arg-type]
+            sys.meta_path.insert(0, FatFinder)
 
 
 def registered() -> dict[str, str]:
@@ -1164,11 +1167,11 @@ def decide(fullname: str, variants_dir: str, env: Mapping[str, str] | None = Non
     return select(manifest, hardware_for(manifest, env), env)
 
 
-def _find_spec(fullname: str, variants_dir: str) -> ModuleSpec:
+def _find_spec(fullname: str, variants_dir: str) -> ModuleSpecT:
     env = os.environ
     selection = decide(fullname, variants_dir, env)
     _report_decision(selection, env)
-    spec = ModuleSpec(fullname, FatLoader(selection, variants_dir), origin=variants_dir)
+    spec: ModuleSpecT = ModuleSpec(fullname, FatLoader(selection, variants_dir), origin=variants_dir)
     return spec
 
 
@@ -1264,7 +1267,7 @@ class FatLoader:
         self.selection = selection
         self.variants_dir = variants_dir
 
-    def create_module(self, spec: ModuleSpec) -> ModuleType:
+    def create_module(self, spec: ModuleSpecT) -> ModuleType:
         sel = self.selection
         name = spec.name
         attempts: list[tuple[str, str]] = []
@@ -1320,7 +1323,7 @@ class FatLoader:
         subspec = ModuleSpec(name, ExtensionFileLoader(name, path), origin=path)
         module = _imp.create_dynamic(subspec)
         _imp.exec_dynamic(module)  # multi-phase init runs here, so a failing init can still fall back
-        return module  # type: ignore[no-any-return]
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
         pass  # executed in create_module

@@ -72,6 +72,6 @@ def collect(package: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]],
 
 def hook_fatdispatch() -> dict[str, Any]:
     """What ``hook-fatdispatch.py`` needs: fatdispatch's data files and lazily imported modules."""
-    from PyInstaller.utils.hooks import collect_data_files  # type: ignore[import-not-found]
+    from PyInstaller.utils.hooks import collect_data_files
 
     return {"datas": collect_data_files("fatdispatch", includes=["_data/*.json"]), "hiddenimports": HIDDEN}

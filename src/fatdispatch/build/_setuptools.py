@@ -94,11 +94,11 @@ class FatExtension(Extension):
 
     @property
     def package(self) -> str:
-        return self.name.rpartition(".")[0]
+        return str(self.name).rpartition(".")[0]
 
     @property
     def modname(self) -> str:
-        return self.name.rpartition(".")[2]
+        return str(self.name).rpartition(".")[2]
 
 
 class _Job:
@@ -119,6 +119,8 @@ class build_ext(_build_ext):
         super().initialize_options()
         self.fat_jobs: int | str | None = None
         self._fat_outputs: list[str] = []
+
+    extensions: list[Any]
 
     def _fat(self) -> list[FatExtension]:
         return [e for e in self.extensions if isinstance(e, FatExtension)]
