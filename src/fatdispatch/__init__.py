@@ -16,6 +16,7 @@ import os
 import sys
 
 from ._runtime import ConfigError, FatDispatchError, ManifestError, NoUsableBuildError
+from ._runtime import VARIANTS_SUFFIX
 from ._runtime import register as _register
 
 TYPE_CHECKING = False
@@ -28,7 +29,6 @@ __version__ = "0.1.0"
 __all__ = ["install", "explain", "loaded", "hardware", "fat_modules", "FatDispatchError", "ManifestError",
            "ConfigError", "NoUsableBuildError", "__version__"]
 
-VARIANTS_SUFFIX = ".variants"
 
 
 def install(package: str, modules: Iterable[str] | None = None) -> None:
