@@ -4,13 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v qemu-x86_64 >/dev/null 2>&1; then
+# qemu-user: emulated x86-64 CPU models; gcc-aarch64-linux-gnu: checks the aarch64 catalog's flags against its labels
+missing=()
+command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing qemu-user (emulated x86-64 CPU models for the tests)"
+    echo "setup: installing ${missing[*]}"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "setup: WARNING: qemu-x86_64 is missing and cannot be installed here; the qemu tests will be skipped" >&2
+    echo "setup: WARNING: ${missing[*]} missing and cannot be installed here; those tests will be skipped" >&2
   fi
 fi
 
