@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import sys
 import sysconfig
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from setuptools import Extension
 from setuptools.command.build_ext import build_ext as _build_ext
@@ -125,16 +126,21 @@ class build_ext(_build_ext):
     def _fat(self) -> list[FatExtension]:
         return [e for e in self.extensions if isinstance(e, FatExtension)]
 
+    @contextlib.contextmanager
+    def _plain_only(self) -> Iterator[list[Any]]:
+        """setuptools' own code sees only the plain extensions while inside."""
+        saved = self.extensions
+        self.extensions = [e for e in saved if not isinstance(e, FatExtension)]
+        try:
+            yield self.extensions
+        finally:
+            self.extensions = saved
+
     def build_extensions(self) -> None:
         fat = self._fat()
-        plain = [e for e in self.extensions if not isinstance(e, FatExtension)]
-        if plain:
-            saved = self.extensions
-            self.extensions = plain
-            try:
+        with self._plain_only() as plain:
+            if plain:
                 super().build_extensions()
-            finally:
-                self.extensions = saved
         if fat:
             self.check_extensions_list(fat)
             self._build_fat(fat)
@@ -305,12 +311,8 @@ class build_ext(_build_ext):
                     full = os.path.join(root, f)
                     rel = os.path.relpath(full, folder)
                     mapping[os.path.join(src_root, ext.modname + VARIANTS_SUFFIX, rel)] = full
-        saved = self.extensions
-        self.extensions = [e for e in saved if not isinstance(e, FatExtension)]
-        try:
+        with self._plain_only():
             mapping.update(super().get_output_mapping())
-        finally:
-            self.extensions = saved
         return mapping
 
     def copy_extensions_to_source(self) -> None:
@@ -320,12 +322,8 @@ class build_ext(_build_ext):
             if os.path.isdir(dest):
                 shutil.rmtree(dest)
             shutil.copytree(self._variants_dir(ext), dest)
-        saved = self.extensions
-        self.extensions = [e for e in saved if not isinstance(e, FatExtension)]
-        try:
+        with self._plain_only():
             super().copy_extensions_to_source()
-        finally:
-            self.extensions = saved
 
 
 def _host_variant(ext: FatExtension) -> CpuVariant:
