@@ -223,3 +223,14 @@ def test_fuzzed_environment_never_crashes_or_loads_a_path(env: dict[str, str], c
         assert sel.order
     if env.get("FATDISPATCH_UNSAFE_FORCE", "0").strip().lower() not in ("1", "true", "yes", "on"):
         assert all(sel.candidate(n).usable for n in sel.order)  # nothing unrunnable unless explicitly unsafe
+
+
+@pytest.mark.parametrize("force,probes_gpu", [("cpu", False), ("baseline", False), ("x86-64-v3", False),
+                                              ("avx2", False), ("v1", False), ("cuda", True), (None, True)])
+def test_gpu_probe_skipped_when_force_rules_cuda_out(force: str | None, probes_gpu: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import fatdispatch._runtime as rt
+    calls = []
+    monkeypatch.setattr(rt, "probe_gpus", lambda env, use_cache: calls.append(1) or rt.no_gpus("test"))
+    rt.hardware_for(M, {} if force is None else {"FATDISPATCH_FORCE": force})
+    assert bool(calls) == probes_gpu

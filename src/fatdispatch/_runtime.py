@@ -987,10 +987,10 @@ def _judge_cuda(v: Variant, gpu: GPUs, visible: tuple[GPU, ...], vis_note: str |
         have = f"{drv[0]}.{drv[1]}" if drv else "unknown"
         return (f"built with CUDA {need[0]}.{need[1]}, but the driver supports CUDA {have}: "
                 f"update the NVIDIA driver (CUDA 13 needs driver >= 580)"), 0
+    from ._slowpath import _targets_text, sm_fit
+
     fits = []
     for g in visible:
-        from ._slowpath import sm_fit, _targets_text
-
         fit = sm_fit(v.cuda.sass, v.cuda.ptx, g.compute_capability)
         if fit == 0:
             cc = g.compute_capability
@@ -1066,7 +1066,7 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str]) -> Se
 def _max_sm(v: Variant) -> int:
     if v.cuda is None:
         return 0
-    return max((parse_sm(t)[0] * 10 + parse_sm(t)[1] for t in v.cuda.sass + v.cuda.ptx), default=0)
+    return max((major * 10 + minor for major, minor, _ in map(parse_sm, v.cuda.sass + v.cuda.ptx)), default=0)
 
 
 def _describe(v: Variant, score: tuple[int, ...]) -> str:
@@ -1151,8 +1151,10 @@ def hardware_for(manifest: Manifest, env: Mapping[str, str]) -> Hardware:
     gpu = NO_GPU_PROBE
     if manifest.has_cuda:
         forced = force_for(manifest.module, env)
-        cpu_only = forced is not None and any(v.name.lower() == forced and v.kind == "cpu" for v in manifest.variants)
-        if forced not in ("cpu", "baseline") and not cpu_only:
+        token = ALIASES.get(forced, forced) if forced is not None else None  # the same aliases select() resolves
+        cpu_only = token in ("cpu", "baseline") or any(
+            v.name.lower() == token and v.kind == "cpu" for v in manifest.variants)
+        if not cpu_only:
             gpu = probe_gpus(env, use_cache=boolean(env, "FATDISPATCH_GPU_CACHE", True))
     return Hardware(cpu=cpu, gpu=gpu)
 
