@@ -23,15 +23,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLE = ROOT / "examples" / "fatdemo"
 
 
-def cpu_fixture(name: str) -> _cpu.CPU:
-    data = json.loads((FIXTURES / "cpu" / f"{name}.json").read_text())
-    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in data["raw"].items()}
-    return _cpu.x86_from_cpuid(raw, "x86_64", "recorded")
-
-
 def raw_fixture(name: str) -> dict[str, Any]:
     data = json.loads((FIXTURES / "cpu" / f"{name}.json").read_text())
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data["raw"].items()}
+
+
+def cpu_fixture(name: str) -> _cpu.CPU:
+    return _cpu.x86_from_cpuid(raw_fixture(name), "x86_64", "recorded")
 
 
 CPU_FIXTURES = sorted(Path(p).stem for p in glob.glob(str(FIXTURES / "cpu" / "*.json")))
