@@ -187,11 +187,15 @@ def cache_key() -> dict[str, Any]:
             "python_bits": sys.maxsize > 2**32}
 
 
+def cache_root(env: Mapping[str, str]) -> str | None:
+    """fatdispatch's per-user cache folder (``$XDG_CACHE_HOME/fatdispatch``), or None if that is not absolute."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fatdispatch") if os.path.isabs(base) else None
+
+
 def cache_path(env: Mapping[str, str]) -> str | None:
-    base = env.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache"))
-    if not os.path.isabs(base):
-        return None
-    return os.path.join(base, "fatdispatch", f"gpu-v{CACHE_SCHEMA}.json")
+    root = cache_root(env)
+    return os.path.join(root, f"gpu-v{CACHE_SCHEMA}.json") if root else None
 
 
 def _secure(st: os.stat_result) -> bool:

@@ -19,10 +19,10 @@ HIDDEN = ["fatdispatch._runtime", "fatdispatch._slowpath", "fatdispatch._nvml", 
 
 
 def _generated_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.path.isabs(base):
-        base = tempfile.gettempdir()
-    return os.path.join(base, "fatdispatch", "pyinstaller-hooks")
+    from .._slowpath import cache_root
+
+    root = cache_root(os.environ) or os.path.join(tempfile.gettempdir(), "fatdispatch")
+    return os.path.join(root, "pyinstaller-hooks")
 
 
 def get_hook_dirs() -> list[str]:
