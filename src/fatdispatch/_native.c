@@ -1,10 +1,13 @@
-/* fatdispatch._native: the raw CPU probe.
+/* fatdispatch._native: the raw CPU probe, the x86 feature decoder and a strict JSON reader.
  *
- * Only raw facts leave this file (CPUID registers, XCR0, auxv words, sysctl
- * values); turning them into feature names is pure Python (_cpu.py), so that
- * recorded machines can be replayed in tests.  This file is compiled with the
- * compiler's baseline flags and must never need more than the oldest CPU of
- * its architecture.
+ * Raw probes (x86, hwcaps, sysctl, processor_feature) return plain facts:
+ * CPUID registers, XCR0, auxv words, sysctl values.  x86_decode turns raw
+ * CPUID/XCR0 facts into usable feature names; it is a pure function of its
+ * argument, so tests replay recorded machines through it.  Its table is
+ * generated from _data/cpu_features.json (_cpu_table.h).  loads() reads JSON
+ * without importing the json package, which costs a millisecond on the import
+ * path.  This file is compiled with the compiler's baseline flags and must
+ * never need more than the oldest CPU of its architecture.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,6 +35,8 @@
 #endif
 
 #ifdef FD_X86
+#include "_cpu_table.h"
+
 static void fd_cpuid(unsigned int leaf, unsigned int sub, unsigned int r[4])
 {
 #if defined(_MSC_VER)
@@ -56,6 +61,20 @@ static unsigned long long fd_xgetbv0(void)
 #endif
 }
 
+/* request_amx() -> bool: ask Linux for permission to use AMX tile data
+ * (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).  Without it the first AMX
+ * instruction raises SIGILL. */
+static PyObject *native_request_amx(PyObject *self, PyObject *unused)
+{
+#if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
+    long rc = syscall(SYS_arch_prctl, 0x1023, 18);
+    return PyBool_FromLong(rc == 0);
+#elif defined(_WIN32) || defined(__APPLE__)
+    Py_RETURN_TRUE;   /* these kernels grant AMX state without a request */
+#else
+    Py_RETURN_FALSE;
+#endif
+}
 static PyObject *regs_tuple(const unsigned int r[4])
 {
     return Py_BuildValue("(IIII)", r[0], r[1], r[2], r[3]);
@@ -97,23 +116,25 @@ static PyObject *native_x86(PyObject *self, PyObject *unused)
         "max_leaf", r0[0], "vendor", vendor,
         "1", regs_tuple(r1), "7", regs_tuple(r7), "7.1", regs_tuple(r71),
         "max_ext", e0[0], "0x80000001", regs_tuple(e1), "xcr0", xcr0);
+    /* AMX tiles present and their XCR0 state enabled: Linux still refuses them until the process asks.
+     * Asking is harmless and the answer is a fact about this process, so it is part of the raw probe. */
+    const fd_bit *tile = &FD_BITS[FD_AMX_TILE];
+    const unsigned int *tile_regs = tile->leaf == 1 ? r7 : NULL;  /* amx_tile lives in leaf 7 */
+    if (result != NULL && tile_regs != NULL && ((tile_regs[tile->reg] >> tile->bit) & 1) && xcr0 != Py_None) {
+        unsigned long long x = PyLong_AsUnsignedLongLong(xcr0);
+        if ((x & FD_AMX_XCR0_MASK) == FD_AMX_XCR0_MASK) {
+            PyObject *granted = native_request_amx(self, NULL);
+            if (granted == NULL || PyDict_SetItemString(result, "amx_permission", granted) < 0) {
+                Py_XDECREF(granted);
+                Py_DECREF(result);
+                return NULL;
+            }
+            Py_DECREF(granted);
+        }
+    }
     return result;
 }
 
-/* request_amx() -> bool: ask Linux for permission to use AMX tile data
- * (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).  Without it the first AMX
- * instruction raises SIGILL. */
-static PyObject *native_request_amx(PyObject *self, PyObject *unused)
-{
-#if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
-    long rc = syscall(SYS_arch_prctl, 0x1023, 18);
-    return PyBool_FromLong(rc == 0);
-#elif defined(_WIN32) || defined(__APPLE__)
-    Py_RETURN_TRUE;   /* these kernels grant AMX state without a request */
-#else
-    Py_RETURN_FALSE;
-#endif
-}
 #endif /* FD_X86 */
 
 #if defined(__linux__)
@@ -158,10 +179,690 @@ static PyObject *native_processor_feature(PyObject *self, PyObject *arg)
 }
 #endif
 
+/* ------------------------------------------------------------------ module state */
+
+typedef struct {
+#ifdef FD_X86
+    PyObject *names[FD_NBITS];   /* interned feature names, in table order */
+    PyObject *levels;            /* X86_LEVELS: 4 frozensets, levels 1-4 */
+#endif
+    int unused;
+} native_state;
+
+#ifdef FD_X86
+static PyObject *names_set(native_state *st, unsigned long long mask)
+{
+    PyObject *set = PyFrozenSet_New(NULL);
+    int i;
+    if (set == NULL)
+        return NULL;
+    for (i = 0; i < FD_NBITS; i++) {
+        if (((mask >> i) & 1) && PySet_Add(set, st->names[i]) < 0) {
+            Py_DECREF(set);
+            return NULL;
+        }
+    }
+    return set;
+}
+
+/* One raw CPUID leaf from the dict: 1 = read, 0 = missing or empty (its features are absent), -1 = error. */
+static int raw_leaf(PyObject *raw, const char *key, unsigned long long regs[4])
+{
+    PyObject *item = PyDict_GetItemString(raw, key), *seq;
+    Py_ssize_t i;
+    if (item == NULL || item == Py_None)
+        return 0;
+    seq = PySequence_Fast(item, "a CPUID leaf must be a sequence of 4 integers");
+    if (seq == NULL)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(seq) == 0) {
+        Py_DECREF(seq);
+        return 0;
+    }
+    if (PySequence_Fast_GET_SIZE(seq) != 4) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "CPUID leaf %s: expected 4 registers", key);
+        return -1;
+    }
+    for (i = 0; i < 4; i++) {
+        PyObject *n = PyNumber_Index(PySequence_Fast_GET_ITEM(seq, i));
+        if (n == NULL) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        regs[i] = PyLong_AsUnsignedLongLongMask(n);
+        Py_DECREF(n);
+        if (regs[i] == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 1;
+}
+
+static int raw_flag(PyObject *raw, const char *key)
+{
+    PyObject *item = PyDict_GetItemString(raw, key);
+    return item == NULL ? 0 : PyObject_IsTrue(item);
+}
+
+static int add_masked(PyObject *list, native_state *st, const char *why, const char *group,
+                      unsigned long long xmask, unsigned long long features)
+{
+    PyObject *names = names_set(st, features), *entry;
+    int rc;
+    if (names == NULL)
+        return -1;
+    entry = Py_BuildValue("(ssKN)", why, group, xmask, names);
+    if (entry == NULL)
+        return -1;
+    rc = PyList_Append(list, entry);
+    Py_DECREF(entry);
+    return rc;
+}
+
+/* x86_decode(raw) -> (usable, masked)
+ *
+ * raw: the dict x86() returns (or a recorded one): leaves "1", "7", "7.1", "0x80000001" as 4 registers,
+ * "xcr0" (None when OSXSAVE is off), optional "amx_permission" (False: Linux refused AMX state),
+ * "macos_avx512" (macOS enables ZMM state lazily and says so in a sysctl), "translated" (Rosetta 2).
+ * usable: frozenset of the features present in CPUID *and* enabled by the OS.
+ * masked: [(why, group, xcr0_mask, features)] for every group of present features that is not usable;
+ * why is "osxsave", "xcr0", "amx_permission" or "rosetta". */
+static PyObject *native_x86_decode(PyObject *self, PyObject *raw)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    unsigned long long regs[FD_NLEAVES][4], present = 0, usable, xcr0 = 0;
+    int have[FD_NLEAVES], i, has_xcr0, macos_avx512, translated;
+    PyObject *item, *masked, *result;
+
+    if (!PyDict_Check(raw)) {
+        PyErr_SetString(PyExc_TypeError, "x86_decode() takes the dict x86() returns");
+        return NULL;
+    }
+    for (i = 0; i < FD_NLEAVES; i++) {
+        have[i] = raw_leaf(raw, FD_LEAVES[i], regs[i]);
+        if (have[i] < 0)
+            return NULL;
+    }
+    for (i = 0; i < FD_NBITS; i++) {
+        const fd_bit *b = &FD_BITS[i];
+        if (have[b->leaf] && ((regs[b->leaf][b->reg] >> b->bit) & 1))
+            present |= 1ULL << i;
+    }
+    item = PyDict_GetItemString(raw, "xcr0");
+    has_xcr0 = item != NULL && item != Py_None;
+    if (has_xcr0) {
+        PyObject *n = PyNumber_Index(item);
+        if (n == NULL)
+            return NULL;
+        xcr0 = PyLong_AsUnsignedLongLongMask(n);
+        Py_DECREF(n);
+        if (xcr0 == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    macos_avx512 = raw_flag(raw, "macos_avx512");
+    translated = raw_flag(raw, "translated");
+    if (macos_avx512 < 0 || translated < 0)
+        return NULL;
+    item = PyDict_GetItemString(raw, "amx_permission");
+
+    masked = PyList_New(0);
+    if (masked == NULL)
+        return NULL;
+    usable = present;
+    for (i = 0; i < FD_NSTATES; i++) {
+        const fd_state *s = &FD_STATES[i];
+        unsigned long long hit = present & s->features;
+        const char *why = NULL;
+        if (hit == 0)
+            continue;
+        if (strcmp(s->group, "zmm") == 0 && macos_avx512)
+            continue;  /* macOS enables ZMM state on first use; its sysctl says it will */
+        if (!has_xcr0)
+            why = "osxsave";
+        else if ((xcr0 & s->xcr0_mask) != s->xcr0_mask)
+            why = "xcr0";
+        else if (strcmp(s->group, "amx") == 0 && item == Py_False)
+            why = "amx_permission";
+        if (why != NULL) {
+            usable &= ~hit;
+            if (add_masked(masked, st, why, s->group, s->xcr0_mask, hit) < 0)
+                goto fail;
+        }
+    }
+    if (translated && (usable & FD_ROSETTA_HIDDEN)) {
+        unsigned long long hidden = usable & FD_ROSETTA_HIDDEN;
+        usable &= ~hidden;
+        if (add_masked(masked, st, "rosetta", "", 0, hidden) < 0)
+            goto fail;
+    }
+    result = Py_BuildValue("(NN)", names_set(st, usable), masked);
+    return result;
+fail:
+    Py_DECREF(masked);
+    return NULL;
+}
+#endif /* FD_X86 */
+
+/* ------------------------------------------------------------------ the pick cache's raw facts
+ *
+ * The pick cache (fatdispatch/__init__.py, section 4) is checked on every import of a fat module, so the
+ * facts its key is made of are gathered here in one call each rather than in a dozen Python-level calls. */
+
+#if defined(__linux__)
+#include <fcntl.h>
+#include <sys/stat.h>
+
+/* file_ids(paths) -> [mtime_ns, size, inode, ...] for every path (stat, following symlinks), or None if one
+ * cannot be stat'ed. */
+static int append_ll(PyObject *list, long long value)
+{
+    PyObject *n = PyLong_FromLongLong(value);
+    int rc = n == NULL ? -1 : PyList_Append(list, n);
+    Py_XDECREF(n);
+    return rc;
+}
+
+static PyObject *native_file_ids(PyObject *self, PyObject *paths)
+{
+    PyObject *seq = PySequence_Fast(paths, "file_ids() takes a sequence of paths"), *out;
+    Py_ssize_t i, n;
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    out = PyList_New(0);
+    for (i = 0; out != NULL && i < n; i++) {
+        PyObject *bytes = NULL;
+        struct stat st;
+        int rc;
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &bytes)) {
+            Py_CLEAR(out);
+            break;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = stat(PyBytes_AS_STRING(bytes), &st);
+        Py_END_ALLOW_THREADS
+        Py_DECREF(bytes);
+        if (rc != 0) {
+            Py_DECREF(out);
+            Py_DECREF(seq);
+            Py_RETURN_NONE;
+        }
+        if (append_ll(out, (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec) < 0 ||
+            append_ll(out, (long long)st.st_size) < 0 || append_ll(out, (long long)st.st_ino) < 0)
+            Py_CLEAR(out);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+/* read_private(path, limit) -> bytes, or None when the file is missing, not a regular file, a symlink,
+ * not owned by this user, writable by group or others, or larger than limit. */
+static PyObject *native_read_private(PyObject *self, PyObject *args)
+{
+    PyObject *bytes = NULL, *data;
+    Py_ssize_t limit, got = 0;
+    struct stat st;
+    int fd;
+    if (!PyArg_ParseTuple(args, "O&n", PyUnicode_FSConverter, &bytes, &limit))
+        return NULL;
+    fd = open(PyBytes_AS_STRING(bytes), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    Py_DECREF(bytes);
+    if (fd < 0)
+        Py_RETURN_NONE;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) ||
+        st.st_size > limit) {
+        close(fd);
+        Py_RETURN_NONE;
+    }
+    data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)st.st_size);
+    if (data == NULL) {
+        close(fd);
+        return NULL;
+    }
+    while (got < (Py_ssize_t)st.st_size) {
+        ssize_t r = read(fd, PyBytes_AS_STRING(data) + got, (size_t)(st.st_size - got));
+        if (r <= 0)
+            break;
+        got += r;
+    }
+    close(fd);
+    if (got != (Py_ssize_t)st.st_size) {
+        Py_DECREF(data);
+        Py_RETURN_NONE;  /* changed while read: no cache */
+    }
+    return data;
+}
+#endif
+
+#if defined(FD_X86) && defined(__linux__)
+/* cpu_key() -> list: the raw CPUID words x86() reads (leaf 0, leaves 1, 7, 7.1 and 0x80000001, the
+ * maximum extended leaf), XCR0 (None without OSXSAVE) and the AMX permission answer (None: not asked,
+ * False: refused, True: granted).  Leaf 1 EBX bits 31-24, the APIC id of the core that ran CPUID, are
+ * masked: not a feature, and different on every core. */
+static PyObject *native_cpu_key(PyObject *self, PyObject *unused)
+{
+    PyObject *raw = native_x86(self, NULL), *out;
+    static const char *const leaves[] = {"1", "7", "7.1", "0x80000001"};
+    unsigned int r0[4];
+    int i, k;
+    if (raw == NULL)
+        return NULL;
+    fd_cpuid(0, 0, r0);
+    out = Py_BuildValue("[IIII]", r0[0], r0[1], r0[2], r0[3]);
+    for (i = 0; out != NULL && i < 4; i++) {
+        unsigned long long regs[4];
+        if (raw_leaf(raw, leaves[i], regs) < 0) {
+            Py_CLEAR(out);
+            break;
+        }
+        for (k = 0; k < 4; k++) {
+            unsigned long long v = regs[k];
+            PyObject *n;
+            if (i == 0 && k == 1)
+                v &= 0x00FFFFFFULL;
+            n = PyLong_FromUnsignedLongLong(v);
+            if (n == NULL || PyList_Append(out, n) < 0) {
+                Py_XDECREF(n);
+                Py_CLEAR(out);
+                break;
+            }
+            Py_DECREF(n);
+        }
+    }
+    if (out != NULL) {
+        PyObject *max_ext = PyDict_GetItemString(raw, "max_ext"), *xcr0 = PyDict_GetItemString(raw, "xcr0");
+        PyObject *amx = PyDict_GetItemString(raw, "amx_permission");
+        PyObject *tail[3];
+        tail[0] = max_ext ? max_ext : Py_None;
+        tail[1] = (xcr0 && xcr0 != Py_None) ? xcr0 : Py_None;
+        tail[2] = amx == NULL ? Py_None : amx;
+        for (k = 0; k < 3 && out != NULL; k++)
+            if (PyList_Append(out, tail[k]) < 0)
+                Py_CLEAR(out);
+    }
+    Py_DECREF(raw);
+    return out;
+}
+#endif
+
+/* ------------------------------------------------------------------ strict JSON
+ *
+ * loads(data: bytes | str) -> object.  RFC 8259 with Python's json semantics (objects -> dict, the last of
+ * duplicate keys wins, integers of any size, floats that overflow become inf), but strict: no NaN or
+ * Infinity, no control characters in strings, nothing after the value, nesting at most FD_JSON_DEPTH.
+ * Errors are ValueError naming the byte offset. */
+
+#define FD_JSON_DEPTH 512
+
+typedef struct {
+    const char *start, *p, *end;
+    int depth;
+} jp;
+
+static PyObject *jp_fail(jp *j, const char *what)
+{
+    PyErr_Format(PyExc_ValueError, "%s at byte %zd", what, (Py_ssize_t)(j->p - j->start));
+    return NULL;
+}
+
+static void jp_ws(jp *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+
+static PyObject *jp_value(jp *j);
+
+static int jp_hex4(jp *j, unsigned int *out)
+{
+    unsigned int v = 0;
+    int i;
+    if (j->end - j->p < 4)
+        return -1;
+    for (i = 0; i < 4; i++) {
+        char c = j->p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned int)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned int)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned int)(c - 'A' + 10);
+        else return -1;
+    }
+    j->p += 4;
+    *out = v;
+    return 0;
+}
+
+/* A string; j->p is just past the opening quote. */
+static PyObject *jp_string(jp *j)
+{
+    const char *run = j->p;
+    PyObject *parts = NULL, *piece, *result;
+
+    for (;;) {
+        unsigned char c;
+        if (j->p >= j->end)
+            goto unterminated;
+        c = (unsigned char)*j->p;
+        if (c == '"' && parts == NULL) {  /* the common case: no escapes */
+            result = PyUnicode_DecodeUTF8(run, j->p - run, "strict");
+            j->p++;
+            if (result == NULL)
+                return jp_fail(j, "invalid UTF-8 in a string");
+            return result;
+        }
+        if (c == '"' || c == '\\') {
+            if (parts == NULL && (parts = PyList_New(0)) == NULL)
+                return NULL;
+            piece = PyUnicode_DecodeUTF8(run, j->p - run, "strict");
+            if (piece == NULL) {
+                Py_DECREF(parts);
+                return jp_fail(j, "invalid UTF-8 in a string");
+            }
+            if (PyList_Append(parts, piece) < 0) {
+                Py_DECREF(piece);
+                goto error;
+            }
+            Py_DECREF(piece);
+            if (c == '"') {
+                PyObject *empty = PyUnicode_FromStringAndSize(NULL, 0);
+                j->p++;
+                if (empty == NULL)
+                    goto error;
+                result = PyUnicode_Join(empty, parts);
+                Py_DECREF(empty);
+                Py_DECREF(parts);
+                return result;
+            }
+            j->p++;  /* the backslash */
+            if (j->p >= j->end)
+                goto unterminated;
+            c = (unsigned char)*j->p++;
+            {
+                unsigned int cp;
+                switch (c) {
+                case '"': cp = '"'; break;
+                case '\\': cp = '\\'; break;
+                case '/': cp = '/'; break;
+                case 'b': cp = '\b'; break;
+                case 'f': cp = '\f'; break;
+                case 'n': cp = '\n'; break;
+                case 'r': cp = '\r'; break;
+                case 't': cp = '\t'; break;
+                case 'u':
+                    if (jp_hex4(j, &cp) < 0) {
+                        Py_DECREF(parts);
+                        return jp_fail(j, "invalid \\u escape");
+                    }
+                    if (cp >= 0xD800 && cp <= 0xDBFF && j->end - j->p >= 6 && j->p[0] == '\\' && j->p[1] == 'u') {
+                        unsigned int lo;
+                        const char *save = j->p;
+                        j->p += 2;
+                        if (jp_hex4(j, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF)
+                            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                        else
+                            j->p = save;  /* a lone high surrogate, as Python's json keeps it */
+                    }
+                    break;
+                default:
+                    j->p--;
+                    Py_DECREF(parts);
+                    return jp_fail(j, "invalid escape");
+                }
+                piece = PyUnicode_FromOrdinal((int)cp);
+                if (piece == NULL || PyList_Append(parts, piece) < 0) {
+                    Py_XDECREF(piece);
+                    goto error;
+                }
+                Py_DECREF(piece);
+            }
+            run = j->p;
+            continue;
+        }
+        if (c < 0x20) {
+            Py_XDECREF(parts);
+            return jp_fail(j, "control character in a string");
+        }
+        j->p++;
+    }
+unterminated:
+    Py_XDECREF(parts);
+    return jp_fail(j, "unterminated string");
+error:
+    Py_XDECREF(parts);
+    return NULL;
+}
+
+static PyObject *jp_number(jp *j)
+{
+    const char *s = j->p;
+    int is_float = 0;
+    char small[64], *buf;
+    Py_ssize_t n;
+    PyObject *result;
+
+    if (j->p < j->end && *j->p == '-')
+        j->p++;
+    if (j->p >= j->end)
+        return jp_fail(j, "expected a digit");
+    if (*j->p == '0')
+        j->p++;
+    else if (*j->p >= '1' && *j->p <= '9')
+        while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
+            j->p++;
+    else
+        return jp_fail(j, "expected a value");
+    if (j->p < j->end && *j->p == '.') {
+        is_float = 1;
+        j->p++;
+        if (j->p >= j->end || *j->p < '0' || *j->p > '9')
+            return jp_fail(j, "expected a digit after '.'");
+        while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
+            j->p++;
+    }
+    if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+        is_float = 1;
+        j->p++;
+        if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
+            j->p++;
+        if (j->p >= j->end || *j->p < '0' || *j->p > '9')
+            return jp_fail(j, "expected a digit in the exponent");
+        while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
+            j->p++;
+    }
+    n = j->p - s;
+    if (!is_float && n <= 18) {  /* fits a long long */
+        long long v = 0;
+        const char *q = s + (*s == '-');
+        for (; q < j->p; q++)
+            v = v * 10 + (*q - '0');
+        return PyLong_FromLongLong(*s == '-' ? -v : v);
+    }
+    buf = n < (Py_ssize_t)sizeof(small) ? small : (char *)PyMem_Malloc((size_t)n + 1);
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    memcpy(buf, s, (size_t)n);
+    buf[n] = 0;
+    if (is_float) {
+        double d = PyOS_string_to_double(buf, NULL, NULL);
+        result = (d == -1.0 && PyErr_Occurred()) ? NULL : PyFloat_FromDouble(d);
+    } else {
+        result = PyLong_FromString(buf, NULL, 10);  /* honours sys.set_int_max_str_digits */
+    }
+    if (buf != small)
+        PyMem_Free(buf);
+    return result;
+}
+
+static PyObject *jp_literal(jp *j, const char *word, PyObject *value)
+{
+    size_t n = strlen(word);
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, word, n) != 0)
+        return jp_fail(j, "expected a value");
+    j->p += n;
+    Py_INCREF(value);
+    return value;
+}
+
+static PyObject *jp_array(jp *j)
+{
+    PyObject *list = PyList_New(0), *v;
+    if (list == NULL)
+        return NULL;
+    jp_ws(j);
+    if (j->p < j->end && *j->p == ']') {
+        j->p++;
+        return list;
+    }
+    for (;;) {
+        v = jp_value(j);
+        if (v == NULL || PyList_Append(list, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(v);
+        jp_ws(j);
+        if (j->p < j->end && *j->p == ',') {
+            j->p++;
+            continue;
+        }
+        if (j->p < j->end && *j->p == ']') {
+            j->p++;
+            return list;
+        }
+        Py_DECREF(list);
+        return jp_fail(j, "expected ',' or ']'");
+    }
+}
+
+static PyObject *jp_object(jp *j)
+{
+    PyObject *dict = PyDict_New(), *k, *v;
+    if (dict == NULL)
+        return NULL;
+    jp_ws(j);
+    if (j->p < j->end && *j->p == '}') {
+        j->p++;
+        return dict;
+    }
+    for (;;) {
+        jp_ws(j);
+        if (j->p >= j->end || *j->p != '"') {
+            Py_DECREF(dict);
+            return jp_fail(j, "expected a string key");
+        }
+        j->p++;
+        k = jp_string(j);
+        if (k == NULL) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+        PyUnicode_InternInPlace(&k);
+        jp_ws(j);
+        if (j->p >= j->end || *j->p != ':') {
+            Py_DECREF(k);
+            Py_DECREF(dict);
+            return jp_fail(j, "expected ':'");
+        }
+        j->p++;
+        v = jp_value(j);
+        if (v == NULL || PyDict_SetItem(dict, k, v) < 0) {
+            Py_DECREF(k);
+            Py_XDECREF(v);
+            Py_DECREF(dict);
+            return NULL;
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+        jp_ws(j);
+        if (j->p < j->end && *j->p == ',') {
+            j->p++;
+            continue;
+        }
+        if (j->p < j->end && *j->p == '}') {
+            j->p++;
+            return dict;
+        }
+        Py_DECREF(dict);
+        return jp_fail(j, "expected ',' or '}'");
+    }
+}
+
+static PyObject *jp_value(jp *j)
+{
+    PyObject *v;
+    jp_ws(j);
+    if (j->p >= j->end)
+        return jp_fail(j, "expected a value");
+    switch (*j->p) {
+    case '{':
+    case '[':
+        if (++j->depth > FD_JSON_DEPTH)
+            return jp_fail(j, "nested deeper than 512 levels");
+        j->p++;
+        v = j->p[-1] == '{' ? jp_object(j) : jp_array(j);
+        j->depth--;
+        return v;
+    case '"':
+        j->p++;
+        return jp_string(j);
+    case 't':
+        return jp_literal(j, "true", Py_True);
+    case 'f':
+        return jp_literal(j, "false", Py_False);
+    case 'n':
+        return jp_literal(j, "null", Py_None);
+    default:
+        return jp_number(j);
+    }
+}
+
+static PyObject *native_loads(PyObject *self, PyObject *arg)
+{
+    jp j;
+    Py_ssize_t size;
+    PyObject *v;
+    if (PyBytes_Check(arg)) {
+        j.start = PyBytes_AS_STRING(arg);
+        size = PyBytes_GET_SIZE(arg);
+    } else if (PyUnicode_Check(arg)) {
+        j.start = PyUnicode_AsUTF8AndSize(arg, &size);
+        if (j.start == NULL)
+            return NULL;  /* lone surrogates: UnicodeEncodeError, a ValueError */
+    } else {
+        PyErr_Format(PyExc_TypeError, "loads() takes bytes or str, not %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    j.p = j.start;
+    j.end = j.start + size;
+    j.depth = 0;
+    v = jp_value(&j);
+    if (v == NULL)
+        return NULL;
+    jp_ws(&j);
+    if (j.p != j.end) {
+        Py_DECREF(v);
+        return jp_fail(&j, "extra data after the JSON value");
+    }
+    return v;
+}
+
 static PyMethodDef native_methods[] = {
 #ifdef FD_X86
     {"x86", native_x86, METH_NOARGS, "Raw CPUID leaves and XCR0."},
     {"request_amx", native_request_amx, METH_NOARGS, "Ask the kernel for AMX tile state."},
+    {"x86_decode", native_x86_decode, METH_O, "(usable features, masked groups) from raw CPUID facts."},
+#endif
+    {"loads", native_loads, METH_O, "Parse one strict JSON document (bytes or str)."},
+#if defined(__linux__)
+    {"file_ids", native_file_ids, METH_O, "[mtime_ns, size, inode, ...] of each path, or None."},
+    {"read_private", native_read_private, METH_VARARGS, "A private regular file's bytes, or None."},
+#endif
+#if defined(FD_X86) && defined(__linux__)
+    {"cpu_key", native_cpu_key, METH_NOARGS, "The raw CPUID/XCR0 words, APIC id masked."},
 #endif
 #if defined(__linux__)
     {"hwcaps", native_hwcaps, METH_NOARGS, "(AT_HWCAP, AT_HWCAP2)."},
@@ -175,8 +876,76 @@ static PyMethodDef native_methods[] = {
     {NULL, NULL, 0, NULL}
 };
 
+static int native_exec(PyObject *module)
+{
+    native_state *st = (native_state *)PyModule_GetState(module);
+#ifdef FD_X86
+    int i, k;
+    for (i = 0; i < FD_NBITS; i++) {
+        st->names[i] = PyUnicode_InternFromString(FD_BITS[i].name);
+        if (st->names[i] == NULL)
+            return -1;
+    }
+    st->levels = PyTuple_New(4);
+    if (st->levels == NULL)
+        return -1;
+    for (k = 0; k < 4; k++) {
+        PyObject *set = names_set(st, FD_LEVELS[k]);
+        if (set == NULL)
+            return -1;
+        PyTuple_SET_ITEM(st->levels, k, set);
+    }
+    Py_INCREF(st->levels);
+    if (PyModule_AddObject(module, "X86_LEVELS", st->levels) < 0) {
+        Py_DECREF(st->levels);
+        return -1;
+    }
+#endif
+    (void)st;
+    return 0;
+}
+
+static int native_traverse(PyObject *module, visitproc visit, void *arg)
+{
+#ifdef FD_X86
+    native_state *st = (native_state *)PyModule_GetState(module);
+    int i;
+    if (st == NULL)
+        return 0;
+    for (i = 0; i < FD_NBITS; i++)
+        Py_VISIT(st->names[i]);
+    Py_VISIT(st->levels);
+#endif
+    return 0;
+}
+
+static int native_clear(PyObject *module)
+{
+#ifdef FD_X86
+    native_state *st = (native_state *)PyModule_GetState(module);
+    int i;
+    if (st == NULL)
+        return 0;
+    for (i = 0; i < FD_NBITS; i++)
+        Py_CLEAR(st->names[i]);
+    Py_CLEAR(st->levels);
+#endif
+    return 0;
+}
+
+static void native_free(void *module)
+{
+    native_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot native_slots[] = {
+    {Py_mod_exec, native_exec},
+    {0, NULL}
+};
+
 static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "_native", "fatdispatch's raw CPU probe.", 0, native_methods,
+    PyModuleDef_HEAD_INIT, "_native", "fatdispatch's CPU probe, x86 feature decoder and strict JSON reader.",
+    sizeof(native_state), native_methods, native_slots, native_traverse, native_clear, native_free,
 };
 
 PyMODINIT_FUNC PyInit__native(void)
