@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 
 from fatdispatch import _nvml, _runtime
-from fatdispatch import _runtime as _cpu
+from fatdispatch import _cpu
 from fatdispatch import _runtime as _gpu
 from fatdispatch._runtime import Hardware, Manifest, parse_manifest
 
@@ -164,10 +164,18 @@ def site_packages(py: Path) -> Path:
     return Path(run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
 
 
+@pytest.fixture(scope="session")
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' own per-user cache folder (XDG_CACHE_HOME), shared by the session: most imports after the
+    first of each installed copy are answered by the pick cache, the path users take."""
+    return tmp_path_factory.mktemp("cache-home")
+
+
 @pytest.fixture
-def clean_env() -> Iterator[dict[str, str]]:
-    """os.environ without any FATDISPATCH_* or CUDA_* variables, for subprocesses."""
+def clean_env(cache_home: Path) -> Iterator[dict[str, str]]:
+    """os.environ without any FATDISPATCH_* or CUDA_* variables, for subprocesses, with the tests' cache folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FATDISPATCH_", "CUDA_VISIBLE", "CUDA_DEVICE"))}
+    env["XDG_CACHE_HOME"] = str(cache_home)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     yield env
 

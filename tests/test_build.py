@@ -179,7 +179,7 @@ def test_cffi_and_setup_py_package(cffi_wheel: Path, wheels: dict[str, Path], tm
     code = ("import cffipkg, cffipkg._native as n, cffipkg._plain as p; "
             "print(n.lib.isa_level(), n.ffi.string(n.lib.variant()).decode(), n.__fatdispatch_variant__, "
             "p.variant(), n.lib.sum_squares(10))")
-    from fatdispatch._runtime import probe_cpu
+    from fatdispatch._cpu import probe_cpu
     level = probe_cpu().x86_64_level or 1
     out = run([str(py), "-c", code], env=env, cwd="/").stdout.split()
     expect_native = "x86-64-v3" if level >= 3 else "baseline"
@@ -255,7 +255,7 @@ print(fatdemo.variant(), fatdemo.hamming(a, b) == fatdemo.hamming_reference(a, b
 def test_pyinstaller_app_carries_every_build(mode: str, demo_venv: Path, tmp_path: Path,
                                              clean_env: dict[str, str]) -> None:
     pytest.importorskip("PyInstaller")
-    from fatdispatch._runtime import probe_cpu
+    from fatdispatch._cpu import probe_cpu
     level = probe_cpu().x86_64_level or 1
     best = "baseline" if level == 1 else f"x86-64-v{level}"
     app = tmp_path / "app.py"

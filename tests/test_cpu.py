@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import CPU_FIXTURES, cpu_fixture, raw_fixture
-from fatdispatch import _runtime as _cpu
+from fatdispatch import _cpu
 from fatdispatch import _slowpath as _slow
 
 V1 = {"cmov", "cx8", "fpu", "fxsr", "mmx", "sse", "sse2", "syscall"}
@@ -159,7 +159,7 @@ def test_live_probe_agrees_with_numpy() -> None:
 
 
 def test_probe_runs_once_across_threads() -> None:
-    code = ("import threading, fatdispatch._runtime as c\n"
+    code = ("import threading, fatdispatch._cpu as c\n"
             "ts=[threading.Thread(target=c.probe_cpu) for _ in range(32)]\n"
             "[t.start() for t in ts]; [t.join() for t in ts]\nprint(c.cpu_probe_count)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -167,7 +167,7 @@ def test_probe_runs_once_across_threads() -> None:
 
 
 def test_probe_is_cheap_and_imports_nothing_heavy() -> None:
-    code = ("import sys, time\nbefore=set(sys.modules)\nt=time.perf_counter()\nimport fatdispatch._runtime as c\n"
+    code = ("import sys, time\nbefore=set(sys.modules)\nt=time.perf_counter()\nimport fatdispatch._cpu as c\n"
             "c.probe_cpu()\nprint(time.perf_counter()-t)\n"
             "bad=[m for m in ('numpy','subprocess','ctypes','json','re','typing','dataclasses','threading','pynvml') "
             "if m in sys.modules and m not in before]\nprint(','.join(bad))")
@@ -189,3 +189,16 @@ def test_probe_time_in_process() -> None:
     t = time.perf_counter()
     _cpu._probe_cpu_uncached()
     assert time.perf_counter() - t < 0.005
+
+
+def test_compiled_cpu_table_is_generated_from_the_json_table() -> None:
+    """_cpu_table.h (compiled into _native) must be what build_tools/gen_cpu_table.py makes of cpu_features.json."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "build_tools", "gen_cpu_table.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from fatdispatch import _native
+    from fatdispatch._runtime import feature_table
+
+    levels = feature_table()["x86"]["levels"]
+    assert list(_native.X86_LEVELS) == [frozenset(levels[n]) for n in ("1", "2", "3", "4")]

@@ -40,7 +40,7 @@ def probe(py: Path, env: dict[str, str], code: str = PROBE) -> dict:
 
 
 def test_default_pick_is_the_best_this_machine_runs(demo_venv: Path, clean_env: dict[str, str]) -> None:
-    from fatdispatch._runtime import probe_cpu
+    from fatdispatch._cpu import probe_cpu
     level = probe_cpu().x86_64_level or 1
     expected = "baseline" if level == 1 else f"x86-64-v{level}"
     out = probe(demo_venv, clean_env)
@@ -50,7 +50,7 @@ def test_default_pick_is_the_best_this_machine_runs(demo_venv: Path, clean_env: 
 
 @pytest.mark.parametrize("variant", sorted(EXPECTED_MACROS))
 def test_each_build_holds_its_own_code(demo_venv: Path, clean_env: dict[str, str], variant: str) -> None:
-    from fatdispatch._runtime import probe_cpu
+    from fatdispatch._cpu import probe_cpu
     need = {"baseline": 1, "x86-64-v2": 2, "x86-64-v3": 3, "x86-64-v4": 4}[variant]
     if (probe_cpu().x86_64_level or 0) < need:
         pytest.skip(f"this CPU cannot run {variant} (the qemu tests cover it)")
@@ -124,7 +124,7 @@ def test_report_json(demo_venv: Path, clean_env: dict[str, str]) -> None:
 def test_threads_get_one_probe_and_one_module(demo_venv: Path, clean_env: dict[str, str]) -> None:
     code = """
 import threading, sys
-import fatdispatch._runtime as rt
+import fatdispatch._cpu as rt
 barrier = threading.Barrier(32); mods = []
 def work():
     barrier.wait()
@@ -134,7 +134,11 @@ ts = [threading.Thread(target=work) for _ in range(32)]
 [t.start() for t in ts]; [t.join() for t in ts]
 print(len(mods), len({id(m) for m in mods}), rt.cpu_probe_count)
 """
-    assert run([str(demo_venv), "-c", code], env=clean_env).stdout.split() == ["32", "1", "1"]
+    # the full path probes once; a pick cache answer needs no probe at all (the raw CPUID words are its key)
+    assert run([str(demo_venv), "-c", code], env=dict(clean_env, FATDISPATCH_CACHE="0")).stdout.split() == [
+        "32", "1", "1"]
+    run([str(demo_venv), "-c", "import fatdemo"], env=clean_env)
+    assert run([str(demo_venv), "-c", code], env=clean_env).stdout.split() == ["32", "1", "0"]
 
 
 def test_fork_after_import(demo_venv: Path, clean_env: dict[str, str]) -> None:
@@ -178,7 +182,7 @@ def _suffix() -> str:
 
 def test_fallback_on_broken_builds(demo_venv: Path, clean_env: dict[str, str], broken_site: tuple[Path, Path]) -> None:
     site, variants = broken_site
-    from fatdispatch._runtime import probe_cpu
+    from fatdispatch._cpu import probe_cpu
     level = probe_cpu().x86_64_level or 1
     names = ["x86-64-v4", "x86-64-v3", "x86-64-v2"][4 - level:]
     if len(names) < 2:

@@ -159,3 +159,17 @@ def test_symlink_leaving_the_variants_folder_is_refused(tmp_path: Path) -> None:
     os.symlink(tmp_path / "evil", variants / "cuda-sm90")  # a symlinked folder leaving the tree
     path, why = resolve_file(str(variants), m.variants[1])
     assert path is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(st.characters(exclude_categories=["Cs"])),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                    max_leaves=20))
+def test_native_json_reader_agrees_with_json(value: Any) -> None:
+    """_native.loads (the import path's JSON reader) against the json module, on text json itself wrote."""
+    from fatdispatch import _native
+
+    for text in (json.dumps(value), json.dumps(value, indent=1, ensure_ascii=False)):
+        assert _native.loads(text) == json.loads(text)
+        assert _native.loads(text.encode()) == json.loads(text)

@@ -6,92 +6,306 @@ that line); from then on ``import mypkg._core`` binds the best build of
 every decision.
 
 Public API: :func:`install`, :func:`explain`, :func:`loaded`, :func:`hardware`,
-:func:`fat_modules` and the error classes.  Everything else is private.  The
-import path loads this module and :mod:`fatdispatch._runtime`, nothing more.
+:func:`fat_modules` and the error classes (all but ``install`` defined on first
+use, in :mod:`fatdispatch._runtime` and :mod:`fatdispatch._errors`).  Everything
+else is private.
+
+This module is the whole import path in the common case (a pick cache hit), so
+it stays small and imports nothing: on a slow VM every module load costs
+~100 us, a class ~10 us and each KB of bytecode ~6 us.  The full path (read the
+manifest, probe, decide) is :mod:`fatdispatch._runtime`, loaded on demand.
 """
 
-from __future__ import annotations
-
+import _imp
+import _thread
 import os
 import sys
 
-from ._runtime import ConfigError, FatDispatchError, ManifestError, NoUsableBuildError
-from ._runtime import VARIANTS_SUFFIX
-from ._runtime import register as _register
+# importlib's bootstrap modules are always loaded; importing importlib.machinery would cost a module load.
+_bootstrap = sys.modules["_frozen_importlib"]
+_bootstrap_external = sys.modules["_frozen_importlib_external"]
+EXTENSION_SUFFIXES: "list[str]" = _bootstrap_external.EXTENSION_SUFFIXES
+ExtensionFileLoader = _bootstrap_external.ExtensionFileLoader
+ModuleSpec = _bootstrap.ModuleSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterable, Mapping
+    from importlib.machinery import ModuleSpec as ModuleSpecT
+    from types import ModuleType
+    from typing import Any, Iterable, Mapping, Sequence
 
-    from ._runtime import Hardware, LoadRecord, Selection
+    from ._errors import ConfigError, FatDispatchError, ManifestError, NoUsableBuildError
+    from ._runtime import explain, fat_modules, hardware, loaded
 
 __version__ = "0.1.0"
 __all__ = ["install", "explain", "loaded", "hardware", "fat_modules", "FatDispatchError", "ManifestError",
            "ConfigError", "NoUsableBuildError", "__version__"]
 
+_HERE = os.path.dirname(__file__)
+MANIFEST_NAME = "manifest.json"
+VARIANTS_SUFFIX = ".variants"
+_ERRORS = ("FatDispatchError", "ManifestError", "ConfigError", "NoUsableBuildError")
+_API = ("explain", "loaded", "hardware", "fat_modules")
 
 
-def install(package: str, modules: Iterable[str] | None = None) -> None:
+def __getattr__(name: str) -> "Any":
+    # The error classes and the functions an import never needs are defined on first use: on the import path
+    # every class costs ~10 us and every KB of bytecode ~6 us.
+    if name in _ERRORS:
+        from . import _errors
+
+        return getattr(_errors, name)
+    if name in _API:
+        from . import _runtime
+
+        return getattr(_runtime, name)
+    raise AttributeError(f"module 'fatdispatch' has no attribute {name!r}")
+
+
+# ============================================================================
+# 1. The public API
+# ============================================================================
+
+
+def install(package: str, modules: "Iterable[str] | None" = None) -> None:
     """Register the fat modules of ``package`` (call it from the package's ``__init__.py``).
 
     ``modules`` are names relative to the package (``["_core"]``); by default
     every ``<name>.variants`` folder in the package is one.  Idempotent and cheap:
     nothing is probed or loaded until a fat module is imported.
     """
-    pkg = sys.modules.get(package)
-    paths = list(getattr(pkg, "__path__", None) or [])
-    if not paths:
-        raise FatDispatchError(f"fatdispatch.install({package!r}): {package} is not an imported package; "
-                               "call install(__name__) from the package's __init__.py")
-    if modules is None:
-        found: list[str] = []
-        for p in paths:
-            try:
-                found.extend(n[: -len(VARIANTS_SUFFIX)] for n in os.listdir(p) if n.endswith(VARIANTS_SUFFIX))
-            except OSError:
-                continue
-        modules = found
+    paths = getattr(sys.modules.get(package), "__path__", None)
+    if modules is None or not paths:
+        from ._runtime import install_slowly
+
+        return install_slowly(package, modules)
     for mod in modules:
         for p in paths:
             folder = os.path.join(p, mod + VARIANTS_SUFFIX)
             if os.path.isdir(folder):
-                _register(f"{package}.{mod}", folder)
+                with _registry_lock:
+                    _registry[f"{package}.{mod}"] = folder
+                    if FatFinder not in sys.meta_path:
+                        sys.meta_path.insert(0, FatFinder)
                 break
         else:
-            raise FatDispatchError(f"fatdispatch.install({package!r}): no folder {mod}{VARIANTS_SUFFIX} in "
-                                   f"{', '.join(paths)}; the package was built without its variants (rebuild it "
-                                   "with fatdispatch's build_ext)", name=f"{package}.{mod}")
+            from ._runtime import install_slowly
+
+            return install_slowly(package, [mod])
 
 
-def explain(module: str, env: Mapping[str, str] | None = None) -> Selection:
-    """The ranked decision for a registered fat module, with a reason for every build. Loads nothing."""
-    from ._runtime import decide, registered
-
-    folders = registered()
-    if module not in folders:
-        raise FatDispatchError(f"{module} is not a registered fat module (import its package first); "
-                               f"registered: {', '.join(sorted(folders)) or 'none'}")
-    return decide(module, folders[module], env)
+# ============================================================================
+# 2. The compiled helper and the raw CPU facts (decoded in :mod:`fatdispatch._cpu`)
+# ============================================================================
 
 
-def loaded(module: str) -> LoadRecord | None:
-    """What happened when ``module`` was imported (the build bound and every failed attempt), or None."""
-    from ._runtime import record
-
-    return record(module)
+_native_lock = _thread.allocate_lock()
+_helper: "Any" = False  # not tried yet; then the module, or None where it cannot be loaded
 
 
-def hardware(env: Mapping[str, str] | None = None, gpu: bool = True) -> Hardware:
-    """The probed hardware (CPU always; NVIDIA GPUs when ``gpu``), with ``FATDISPATCH_DISABLE`` applied."""
-    from ._runtime import NO_GPU_PROBE, Hardware, boolean, effective_hardware, probe_cpu, probe_gpus
+def native() -> "Any":
+    """The compiled helper ``fatdispatch._native``, or None.
 
-    env = os.environ if env is None else env
-    g = probe_gpus(env, boolean(env, "FATDISPATCH_GPU_CACHE", True)) if gpu else NO_GPU_PROBE
-    return effective_hardware(Hardware(cpu=probe_cpu(), gpu=g), env)
+    Loaded straight from its file next to this one, without a search of the
+    package folder; where it is elsewhere (a frozen application), by a normal import.
+    """
+    global _helper
+    if _helper is not False:
+        return _helper
+    with _native_lock:
+        if _helper is False:
+            name = __name__ + "._native"
+            module = sys.modules.get(name)
+            for suffix in EXTENSION_SUFFIXES if module is None else ():
+                path = os.path.join(_HERE, "_native" + suffix)
+                try:
+                    module = load_extension(name, path, False)
+                except ImportError:  # missing here, or not loadable: try the next suffix, then a normal import
+                    continue
+                module.__file__ = path
+                sys.modules[name] = module
+                globals()["_native"] = module  # as an import sets the submodule on its package
+                break
+            if module is None:
+                try:
+                    from . import _native as module
+                except ImportError:
+                    module = None
+            _helper = module
+    return _helper
 
 
-def fat_modules(paths: Iterable[str] | None = None) -> dict[str, str]:
-    """Installed fat modules found on ``paths`` (default ``sys.path``): module name -> variants folder."""
-    from ._discover import discover
+# ============================================================================
+# 3. The finder
+#
+# ``install("mypkg", ["_core"])`` registers ``mypkg._core``.  On its import the
+# finder returns a spec whose loader binds a build under that stable name with
+# CPython's own extension machinery (``_imp.create_dynamic``).  The module
+# object is the extension itself: no proxy, so calls cost exactly what they
+# cost without fatdispatch.  It carries ``__fatdispatch_variant__``.
+# ============================================================================
 
-    return discover(sys.path if paths is None else paths)
+_registry: "dict[str, str]" = {}  # full module name -> its variants folder
+_registry_lock = _thread.allocate_lock()
+_hits: "dict[str, tuple[str, str]]" = {}  # module -> (build, path) bound from the pick cache
+
+
+class FatFinder:
+    """Answers ``find_spec`` for registered fat modules only (``None`` for everything else); loads cached picks."""
+
+    _fatdispatch_finder = True
+
+    @staticmethod
+    def find_spec(fullname: str, path: "Sequence[str] | None" = None,
+                  target: "ModuleType | None" = None) -> "ModuleSpecT | None":
+        variants_dir = _registry.get(fullname)
+        if variants_dir is None:
+            return None
+        pick = cached_pick(variants_dir, os.environ)
+        if pick is None:
+            from ._runtime import find_spec_fully
+
+            return find_spec_fully(fullname, variants_dir, os.environ)
+        spec: "ModuleSpecT" = ModuleSpec(fullname, FatFinder, origin=variants_dir,
+                                         loader_state=(variants_dir, pick))
+        return spec
+
+    @staticmethod
+    def create_module(spec: "ModuleSpecT") -> "ModuleType":
+        """Load the cached pick; anything unexpected hands over to the full path (which records why)."""
+        variants_dir, pick = spec.loader_state
+        build, path = pick["build"], pick["path"]
+        module = None
+        if file_identity(path) == pick.get("identity"):  # the very file that loaded before, untouched
+            try:
+                module = load_extension(spec.name, path, bool(pick.get("amx")))
+            except Exception:  # noqa: BLE001 - the full path retries, records the failure and falls back
+                module = None
+        if module is None:
+            from ._runtime import create_fully
+
+            return create_fully(spec, variants_dir)
+        spec.origin = path
+        spec.has_location = True
+        module.__fatdispatch_variant__ = build  # type: ignore[attr-defined]
+        _hits[spec.name] = (build, path)
+        logging = sys.modules.get("logging")  # log only where the application already uses logging
+        if logging is not None and logging.getLogger("fatdispatch").isEnabledFor(logging.DEBUG):
+            from ._runtime import log_decision
+
+            log_decision(spec.name)
+        return module
+
+    @staticmethod
+    def exec_module(module: "ModuleType") -> None:
+        pass  # executed in create_module
+
+    @staticmethod
+    def invalidate_caches() -> None:
+        pass
+
+
+# ============================================================================
+# 4. The pick cache
+#
+# One per-user JSON file, ``$XDG_CACHE_HOME/fatdispatch/picks-v1.json``:
+# ``{"schema": 1, "picks": {variants folder: {"key": [...], "build": name,
+# "path": the file that loaded, "identity": its (mtime, size, inode, device),
+# "amx": bool, "cuda": bool}}}``.  The key holds everything the decision depends
+# on besides the environment: this runtime's files, the manifest's identity and
+# the raw CPUID/XCR0 words of this process.  The file is only loaded again while
+# its identity is unchanged, so the ELF check of the full path still holds.  A pick is only written after its build
+# loaded with nothing set in ``FATDISPATCH_*``, and only read when nothing is
+# set there; a module with CUDA builds is only picked from the cache where no
+# NVIDIA driver is installed.  Linux x86-64 only.
+# ============================================================================
+
+PICKS_SCHEMA = 1
+PICKS_NAME = f"picks-v{PICKS_SCHEMA}.json"
+_RUNTIME_FILES = ("_runtime.py", "_cpu.py")  # the decision's code (the CPU table is compiled into _native)
+
+
+def cache_root(env: "Mapping[str, str]") -> "str | None":
+    """fatdispatch's per-user cache folder (``$XDG_CACHE_HOME/fatdispatch``), or None if that is not absolute."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fatdispatch") if os.path.isabs(base) else None
+
+
+def pick_key(variants_dir: str) -> "list[Any] | None":
+    """What must be unchanged for a cached pick to hold, or None when it cannot be known here."""
+    mod = native()
+    if mod is None or not hasattr(mod, "cpu_key"):
+        return None  # the pick cache needs Linux x86-64 and the compiled helper
+    ids = mod.file_ids((*(os.path.join(_HERE, f) for f in _RUNTIME_FILES), mod.__file__,
+                        os.path.join(variants_dir, MANIFEST_NAME)))
+    return None if ids is None else [__version__, EXTENSION_SUFFIXES[0], ids, mod.cpu_key()]
+
+
+def _pick_cache_usable(env: "Mapping[str, str]") -> bool:
+    """Linux, and no ``FATDISPATCH_*`` variable set (those always take the full path)."""
+    if sys.platform != "linux":
+        return False
+    raw = getattr(env, "_data", None)  # os.environ's encoded copy: one search instead of decoding every name
+    if type(raw) is dict and all(type(k) is bytes for k in raw):
+        return b"\0FATDISPATCH_" not in b"\0" + b"\0".join(raw)
+    return not any(k.startswith("FATDISPATCH_") for k in env)
+
+
+def read_picks(path: str) -> "dict[str, Any] | None":
+    """The pick cache's content, or None when missing, insecure (see ``_native.read_private``) or malformed."""
+    mod = native()
+    blob = mod.read_private(path, 1 << 20) if mod is not None and hasattr(mod, "read_private") else None
+    try:
+        data = mod.loads(blob) if blob is not None else None
+    except ValueError:
+        return None
+    if type(data) is not dict or data.get("schema") != PICKS_SCHEMA or type(data.get("picks")) is not dict:
+        return None
+    return data
+
+
+def cached_pick(variants_dir: str, env: "Mapping[str, str]") -> "dict[str, Any] | None":
+    """The cached pick for ``variants_dir`` if every part of its key still holds, else None."""
+    if not _pick_cache_usable(env):
+        return None
+    root = cache_root(env)
+    data = read_picks(os.path.join(root, PICKS_NAME)) if root is not None else None
+    entry = data["picks"].get(variants_dir) if data is not None else None
+    if type(entry) is not dict or entry.get("key") != pick_key(variants_dir):
+        return None
+    path = entry.get("path")
+    if (type(path) is not str or type(entry.get("build")) is not str or not path.startswith(variants_dir + os.sep)
+            or ".." in path.split(os.sep)):
+        return None
+    if entry.get("cuda") and (os.path.exists("/proc/driver/nvidia/version")
+                              or os.path.exists("/usr/lib/wsl/lib/libnvidia-ml.so.1")):
+        return None  # an NVIDIA driver: GPU facts decide, so the full path asks NVML (or its own cache)
+    return entry
+
+
+# ============================================================================
+# 5. Loading one file (checked first by the full path, see ``_runtime.check_elf``)
+# ============================================================================
+
+
+def file_identity(path: str) -> "list[int] | None":
+    """A regular file's (mtime, size, inode, device), or None (missing, a symlink, not a file)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev] if st.st_mode & 0o170000 == 0o100000 else None
+
+
+def load_extension(name: str, path: str, amx: bool) -> "ModuleType":
+    """Load the extension at ``path`` as module ``name`` (its init runs here, so a failure can fall back)."""
+    if amx:
+        mod = native()
+        if mod is None or not mod.request_amx():
+            from ._errors import FatDispatchError
+
+            raise FatDispatchError("the kernel refused AMX tile permission (ARCH_REQ_XCOMP_PERM)")
+    subspec = ModuleSpec(name, ExtensionFileLoader(name, path), origin=path)
+    module: "ModuleType" = _imp.create_dynamic(subspec)
+    _imp.exec_dynamic(module)
+    return module

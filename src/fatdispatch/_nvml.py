@@ -12,7 +12,7 @@ import os
 import sys
 
 from ._runtime import GPU, GPUs, CACHE_SCHEMA, no_gpus
-from ._slowpath import _secure
+from ._slowpath import write_private_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -210,20 +210,5 @@ def gpus_to_json(g: GPUs) -> dict[str, Any]:
 
 
 def write_cache(path: str, key: Mapping[str, Any], gpus: GPUs) -> None:
-    """Write atomically (temp file + rename) into a private directory; failures are ignored."""
-    import json
-
-    directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        if not _secure(os.stat(directory)):
-            return
-        tmp = f"{path}.{os.getpid()}.{_thread.get_ident()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"schema": CACHE_SCHEMA, "key": dict(key), "gpus": gpus_to_json(gpus)}, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
+    """Write the GPU answer to the per-user cache (atomically, privately; failures are ignored)."""
+    write_private_json(path, {"schema": CACHE_SCHEMA, "key": dict(key), "gpus": gpus_to_json(gpus)})

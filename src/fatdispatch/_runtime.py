@@ -1,206 +1,151 @@
-"""fatdispatch's import path, in one module.
+"""fatdispatch's full import path: what runs when the pick cache of :mod:`fatdispatch` cannot answer.
 
-Importing a fat module must add well under a millisecond, and on a slow VM
-every extra module costs ~100 us, so everything the import path needs lives
-here, in sections kept apart as separate layers:
+Loaded on demand (the first import of a fat module in a fresh cache, a
+``FATDISPATCH_*`` variable, a machine with an NVIDIA driver, ``explain`` and
+``report``), in sections kept apart as separate layers:
 
-1. errors and value records;
-2. JSON reading (the C scanner behind :mod:`json`, without importing :mod:`json`);
-3. the manifest (what builds exist and what each requires);
-4. the CPU probe: raw probes, pure parsers, the cached accessor;
-5. the GPU facts: values, ``CUDA_VISIBLE_DEVICES`` rules, driver check, cache reading
-   (the NVML query itself is in :mod:`fatdispatch._nvml`, off the import path);
-6. the decision: a pure function of (manifest, hardware, environment);
-7. loading: the meta-path finder's spec and the loader that falls back build by build.
+1. JSON reading (``_native.loads``, a strict reader; :mod:`json` where the helper is missing);
+2. the manifest (what builds exist and what each requires);
+3. the feature table and the GPU facts: values, driver check, cache reading
+   (the NVML query itself is in :mod:`fatdispatch._nvml`);
+4. the decision: a pure function of (manifest, hardware, environment);
+5. loading: the loader that falls back build by build, and writing the pick cache.
+
+The finder, the pick cache and the ELF check live in :mod:`fatdispatch` itself, the CPU probe in
+:mod:`fatdispatch._cpu`.
 """
 
 from __future__ import annotations
 
-import _imp
 import _thread
 import os
 import sys
 
-# importlib's bootstrap modules are always loaded; importing importlib.machinery would cost a module load.
-_bootstrap_external = sys.modules["_frozen_importlib_external"]
-EXTENSION_SUFFIXES = _bootstrap_external.EXTENSION_SUFFIXES
-ExtensionFileLoader = _bootstrap_external.ExtensionFileLoader
-ModuleSpec = sys.modules["_frozen_importlib"].ModuleSpec
+from . import (EXTENSION_SUFFIXES, MANIFEST_NAME, PICKS_NAME, PICKS_SCHEMA, VARIANTS_SUFFIX, ModuleSpec, _hits,
+               _registry, cache_root, file_identity, install, load_extension, native, pick_key, read_picks)
+from ._cpu import CPU, Record, normalize_arch, probe_cpu, raw_x86, x86_64_level, x86_from_cpuid
+from ._errors import ConfigError, FatDispatchError, JSONError, ManifestError, NoUsableBuildError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec as ModuleSpecT
     from types import ModuleType
-    from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+    from typing import Any, Iterable, Mapping
 
-    _R = TypeVar("_R", bound="Record")
-
-
-# ============================================================================
-# 1. Errors
-#
-# fatdispatch's error hierarchy.
-#
-# Everything the import path raises is an ``ImportError`` subclass, because that
-# is what code around ``import mypkg`` catches.  Messages say what happened and
-# what to do about it.
-# ============================================================================
-
-class FatDispatchError(ImportError):
-    """Base class of every error fatdispatch raises."""
-
-
-class ManifestError(FatDispatchError, ValueError):
-    """A manifest is missing, malformed, or from an incompatible schema.
-
-    ``path`` names the manifest file and ``field`` the JSON path of the bad value.
-    """
-
-    def __init__(self, path: str, field: str, problem: str) -> None:
-        self.field = field
-        self.problem = problem
-        where = f" (field {field})" if field else ""
-        super().__init__(f"fatdispatch: bad manifest {path}{where}: {problem}", path=path)
-
-
-class ConfigError(FatDispatchError, ValueError):
-    """A ``FATDISPATCH_*`` environment variable has a value that cannot be used."""
-
-    def __init__(self, variable: str, value: str, problem: str) -> None:
-        self.variable = variable
-        self.value = value
-        super().__init__(f"fatdispatch: {variable}={value!r}: {problem}")
-
-
-class NoUsableBuildError(FatDispatchError):
-    """No build of a fat module could be loaded; ``attempts`` says why for each."""
-
-    def __init__(self, message: str, *, name: str, attempts: tuple[tuple[str, str], ...] = ()) -> None:
-        self.attempts = attempts
-        super().__init__(message, name=name)
+__all__ = ["explain", "loaded", "hardware", "fat_modules", "CPU", "Record", "EXTENSION_SUFFIXES", "MANIFEST_NAME", "VARIANTS_SUFFIX", "ConfigError",
+           "FatDispatchError", "ManifestError", "NoUsableBuildError", "JSONError", "check_elf", "driver_present",
+           "normalize_arch", "probe_cpu", "register", "registered", "x86_64_level", "x86_from_cpuid"]
 
 
 # ============================================================================
-# 1b. Value records
-#
-# Small immutable value records.
-#
-# ``dataclasses`` imports ``inspect`` (several milliseconds); the import path of a
-# fat module must stay well under a millisecond, so the few value types use this
-# minimal base instead.  Subclasses list their fields in ``__slots__``.
+# 0. The public API besides install() (exported by :mod:`fatdispatch`)
 # ============================================================================
 
-class Record:
-    __slots__: tuple[str, ...] = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        fields = self.__slots__
-        setter = object.__setattr__
-        if not args and len(kwargs) == len(fields):  # the common, all-keywords case
+def explain(module: str, env: Mapping[str, str] | None = None) -> Selection:
+    """The ranked decision for a registered fat module, with a reason for every build. Loads nothing."""
+    folder = _registry.get(module)
+    if folder is None:
+        raise FatDispatchError(f"{module} is not a registered fat module (import its package first); "
+                               f"registered: {', '.join(sorted(_registry)) or 'none'}")
+    return decide(module, folder, env)
+
+
+def install_slowly(package: str, modules: Iterable[str] | None) -> None:
+    """:func:`fatdispatch.install` for the rarer cases: finding the modules, and every error."""
+    paths = list(getattr(sys.modules.get(package), "__path__", None) or [])
+    if not paths:
+        raise FatDispatchError(f"fatdispatch.install({package!r}): {package} is not an imported package; "
+                               "call install(__name__) from the package's __init__.py")
+    if modules is None:
+        found: list[str] = []
+        for p in paths:
             try:
-                for key in fields:
-                    setter(self, key, kwargs[key])
-                return
-            except KeyError:
-                pass
-        if len(args) > len(fields):
-            raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
-        values = dict(zip(fields, args))
-        for key, value in kwargs.items():
-            if key not in fields or key in values:
-                raise TypeError(f"{type(self).__name__}: bad field {key!r}")
-            values[key] = value
-        missing = [f for f in fields if f not in values]
-        if missing:
-            raise TypeError(f"{type(self).__name__}: missing {', '.join(missing)}")
-        for key in fields:
-            setter(self, key, values[key])
+                found.extend(n[: -len(VARIANTS_SUFFIX)] for n in os.listdir(p) if n.endswith(VARIANTS_SUFFIX))
+            except OSError:
+                continue
+        modules = found
+    for mod in modules:
+        if not any(os.path.isdir(os.path.join(p, mod + VARIANTS_SUFFIX)) for p in paths):
+            raise FatDispatchError(f"fatdispatch.install({package!r}): no folder {mod}{VARIANTS_SUFFIX} in "
+                                   f"{', '.join(paths)}; the package was built without its variants (rebuild it "
+                                   "with fatdispatch's build_ext)", name=f"{package}.{mod}")
+    install(package, modules)
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
 
-    def __iter__(self) -> Iterator[Any]:
-        return (getattr(self, f) for f in self.__slots__)
+def registered() -> "dict[str, str]":
+    return dict(_registry)
 
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and tuple(self) == tuple(other)  # type: ignore[arg-type,unused-ignore]
 
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, *self))
+def register(fullname: str, variants_dir: str) -> None:
+    """Register one fat module by its variants folder (what :func:`fatdispatch.install` does for each)."""
+    from . import FatFinder, _registry_lock
 
-    def __repr__(self) -> str:
-        body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
-        return f"{type(self).__name__}({body})"
+    with _registry_lock:
+        _registry[fullname] = variants_dir
+        if FatFinder not in sys.meta_path:
+            sys.meta_path.insert(0, FatFinder)
 
-    def replace(self: _R, **changes: Any) -> _R:
-        values = {f: getattr(self, f) for f in self.__slots__}
-        values.update(changes)
-        return type(self)(**values)
+
+def driver_present() -> "tuple[bool, str]":
+    """One cheap check for an installed NVIDIA driver, before anything is imported."""
+    if sys.platform == "win32":
+        root = os.environ.get("SystemRoot", r"C:\Windows")
+        path = os.path.join(root, "System32", "nvml.dll")
+    elif sys.platform == "linux":
+        if os.path.exists("/proc/driver/nvidia/version"):
+            return True, ""
+        path = "/usr/lib/wsl/lib/libnvidia-ml.so.1"  # WSL2 has no /proc/driver/nvidia
+    else:
+        return False, f"no NVIDIA CUDA driver exists for {sys.platform}"
+    if os.path.exists(path):
+        return True, ""
+    return False, "no NVIDIA driver is installed (/proc/driver/nvidia/version is missing)"
+
+
+def loaded(module: str) -> LoadRecord | None:
+    """What happened when ``module`` was imported (the build bound and every failed attempt), or None."""
+    return record(module)
+
+
+def hardware(env: Mapping[str, str] | None = None, gpu: bool = True) -> Hardware:
+    """The probed hardware (CPU always; NVIDIA GPUs when ``gpu``), with ``FATDISPATCH_DISABLE`` applied."""
+    env = os.environ if env is None else env
+    g = probe_gpus(env, _gpu_cache_allowed(env)) if gpu else NO_GPU_PROBE
+    return effective_hardware(Hardware(cpu=probe_cpu(), gpu=g), env)
+
+
+def fat_modules(paths: Iterable[str] | None = None) -> dict[str, str]:
+    """Installed fat modules found on ``paths`` (default ``sys.path``): module name -> variants folder."""
+    from ._discover import discover
+
+    return discover(sys.path if paths is None else paths)
 
 
 # ============================================================================
-# 2. JSON
-#
-# Read small JSON files without importing :mod:`json`.
+# 1. JSON
 #
 # ``import json`` pulls in :mod:`re` and costs over a millisecond in a fresh
-# interpreter.  The C scanner behind it (``_json.make_scanner``) is all a strict
-# reader needs, so the import path uses it directly and falls back to :mod:`json`
-# where the accelerator is missing.
+# interpreter, and ``_json`` alone is a shared library to open; the compiled
+# helper's strict reader (``_native.loads``) is already loaded.
 # ============================================================================
-
-_WHITESPACE = " \t\n\r"
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-class _Context:
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = staticmethod(_no_constants)
-
-
-try:
-    import _json as _accel
-
-    _scan: Any = _accel.make_scanner(_Context())  # type: ignore[arg-type]
-except (ImportError, AttributeError):  # pragma: no cover - CPython always has it
-    _scan = None
-
-
-class JSONError(ValueError):
-    """The text is not one valid JSON document."""
-
-
-def json_loads(text: str) -> Any:
+def json_loads(text: str | bytes) -> Any:
     """Parse ``text`` strictly: one JSON value, no NaN/Infinity, nothing after it."""
-    if _scan is None:  # pragma: no cover
-        import json
-
-        try:
-            return json.loads(text, parse_constant=_no_constants)
-        except (ValueError, RecursionError) as exc:
-            raise JSONError(str(exc)) from None
-    start = 0
-    length = len(text)
-    while start < length and text[start] in _WHITESPACE:
-        start += 1
+    mod = native()
     try:
-        value, end = _scan(text, start)
-    except StopIteration as exc:
-        raise JSONError(f"invalid JSON at character {exc.value}") from None
+        if mod is not None and hasattr(mod, "loads"):
+            return mod.loads(text)
+        import json  # pragma: no cover - only without the compiled helper
+
+        return json.loads(text, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise JSONError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    while end < length and text[end] in _WHITESPACE:
-        end += 1
-    if end != length:
-        raise JSONError(f"extra data after the JSON value at character {end}")
-    return value
 
 
 def read_json(path: str, limit: int = 1 << 20) -> Any:
@@ -208,19 +153,18 @@ def read_json(path: str, limit: int = 1 << 20) -> Any:
 
     Raises :class:`OSError` for I/O problems and :class:`JSONError` for bad content.
     """
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise JSONError(f"file is larger than {limit} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise JSONError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    return json_loads(text)
+    return json_loads(data)
 
 
 # ============================================================================
-# 3. The manifest
+# 2. The manifest
 #
 # The manifest: what builds a fat module ships and exactly what each requires.
 #
@@ -248,8 +192,6 @@ def read_json(path: str, limit: int = 1 << 20) -> Any:
 # ============================================================================
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-VARIANTS_SUFFIX = ".variants"
 KINDS = ("cpu", "cuda")
 MAX_VARIANTS = 256
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -468,45 +410,12 @@ def read_manifest(variants_dir: str) -> Manifest:
         raise ManifestError(path, "", f"not valid JSON: {exc}") from None
     return parse_manifest(data, path)
 
-
 # ============================================================================
-# 4. The CPU
-#
-# The CPU probe, in three layers.
-#
-# 1. Raw probes (``_raw_*``) ask the hardware or the OS and return plain data:
-#    CPUID registers and XCR0 from the compiled helper, auxv words, sysctl
-#    values, or the text of ``/proc/cpuinfo``.  They swallow only the errors they
-#    expect and return ``None`` when their source is missing.
-# 2. Pure parsers (``x86_from_cpuid``, ``from_cpuinfo``, ``aarch64_from_hwcaps``)
-#    turn raw data into a :class:`CPU` value.  Tests replay recorded machines
-#    through them.
-# 3. :func:`probe_cpu` picks the best raw source and caches the answer for the
-#    life of the process.  CPU facts are never cached on disk: valgrind, qemu and
-#    VM migration change them between runs.
+# 3. The feature table and the GPUs
 # ============================================================================
 
-_REG_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 _TABLE_PATH = os.path.join(os.path.dirname(__file__), "_data", "cpu_features.json")
 _table: dict[str, Any] | None = None
-
-
-class CPU(Record):
-    """What the CPU can run, as seen by this process.
-
-    ``features`` holds canonical lower-case names (``sse4_2``, ``avx2``,
-    ``avx512f``) that are usable: present in CPUID *and* enabled by the OS.
-    ``x86_64_level`` is the psABI level (1-4) on x86-64, else ``None``.
-    ``notes`` explains every feature that was present but is not usable.
-    """
-
-    __slots__ = ("arch", "features", "x86_64_level", "vendor", "source", "notes")
-    arch: str
-    features: frozenset[str]
-    x86_64_level: int | None
-    vendor: str
-    source: str
-    notes: tuple[str, ...]
 
 
 def feature_table() -> dict[str, Any]:
@@ -516,172 +425,7 @@ def feature_table() -> dict[str, Any]:
         _table = read_json(_TABLE_PATH)
     return _table
 
-
-def normalize_arch(machine: str) -> str:
-    m = machine.lower()
-    if m in ("x86_64", "amd64", "x64"):
-        return "x86_64"
-    if m in ("aarch64", "arm64", "armv8l"):
-        return "aarch64"
-    if m in ("i386", "i486", "i586", "i686", "x86"):
-        return "i686"
-    return m
-
-
-# ---------------------------------------------------------------- pure parsers
-
-
-def x86_64_level(features: frozenset[str] | set[str], table: Mapping[str, Any] | None = None) -> int:
-    """The highest psABI level whose features, and those of every lower level, are all present.
-
-    Levels nest: with AVX2 masked off, AVX-512F alone does not make a v4 machine.
-    Returns 0 when even v1 is incomplete (an emulator with a trimmed CPU model).
-    """
-    levels = (table or feature_table())["x86"]["levels"]
-    level = 0
-    for n in ("1", "2", "3", "4"):
-        if not all(f in features for f in levels[n]):
-            break
-        level = int(n)
-    return level
-
-
-def x86_from_cpuid(raw: Mapping[str, Any], arch: str = "x86_64", source: str = "cpuid",
-                   table: Mapping[str, Any] | None = None) -> CPU:
-    """Turn raw CPUID leaves and XCR0 into a :class:`CPU`.
-
-    ``raw`` has the keys the compiled helper returns: ``max_leaf``, ``vendor``,
-    ``"1"``, ``"7"``, ``"7.1"``, ``max_ext``, ``"0x80000001"`` (each a 4-tuple
-    EAX, EBX, ECX, EDX), ``xcr0`` (``None`` when OSXSAVE is off), and optionally
-    ``amx_permission`` (``False`` when Linux refused AMX state) and
-    ``macos_avx512`` (``hw.optional.avx512f`` on macOS, whose kernel enables
-    the AVX-512 state lazily).
-    """
-    tab = table or feature_table()
-    x86 = tab["x86"]
-    present: set[str] = set()
-    for name, (leaf, reg, bit) in x86["bits"].items():
-        regs = raw.get(leaf)
-        if not regs:
-            continue
-        if (int(regs[_REG_INDEX[reg]]) >> bit) & 1:
-            present.add(name)
-    notes: list[str] = []
-    usable = set(present)
-    xcr0 = raw.get("xcr0")
-    for group, spec in sorted(x86["os_state"].items()):
-        if group == "comment":
-            continue
-        mask, members = spec
-        have = sorted(present.intersection(members))
-        if not have:
-            continue
-        if group == "zmm" and raw.get("macos_avx512"):
-            continue  # macOS enables ZMM state on first use; its sysctl says it will
-        if xcr0 is None:
-            usable.difference_update(have)
-            notes.append(f"OSXSAVE is off, so XGETBV cannot confirm OS support: {', '.join(have)} unusable")
-        elif (int(xcr0) & mask) != mask:
-            usable.difference_update(have)
-            notes.append(f"XCR0=0x{int(xcr0):x} lacks {group.upper()} state (mask 0x{mask:x}): "
-                         f"{', '.join(have)} unusable")
-        elif group == "amx" and raw.get("amx_permission") is False:
-            usable.difference_update(have)
-            notes.append(f"the kernel refused AMX tile permission (ARCH_REQ_XCOMP_PERM): {', '.join(have)} unusable")
-    if raw.get("translated"):
-        hidden = sorted(f for f in usable if f.startswith("avx512") or f.startswith("amx"))
-        usable.difference_update(hidden)
-        if hidden:
-            notes.append("running under Rosetta 2, which has no AVX-512 or AMX: " + ", ".join(hidden) + " unusable")
-    feats = frozenset(usable)
-    return CPU(arch=arch, features=feats, x86_64_level=x86_64_level(feats, tab) if arch == "x86_64" else None,
-               vendor=str(raw.get("vendor", "")), source=source, notes=tuple(notes))
-
-
-# ---------------------------------------------------------------- raw probes
-
-
-def _raw_native() -> Any:
-    try:
-        from . import _native
-    except ImportError:
-        return None
-    return _native
-
-
-def _raw_cpuinfo() -> str | None:
-    try:
-        fd = os.open("/proc/cpuinfo", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 16384).decode("utf-8", "replace")  # the first processor's block is ~2 KiB
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _machine() -> str:
-    if sys.platform == "win32":
-        return normalize_arch(os.environ.get("PROCESSOR_ARCHITECTURE", "AMD64"))
-    return normalize_arch(os.uname().machine)
-
-
-def _probe_cpu_uncached() -> CPU:
-    arch = _machine()
-    native = _raw_native()
-    if native is not None and arch == "x86_64" and hasattr(native, "x86"):
-        raw = dict(native.x86())
-        tab = feature_table()
-        if sys.platform == "darwin":
-            raw["translated"] = bool(native.sysctl("sysctl.proc_translated"))
-            raw["macos_avx512"] = bool(native.sysctl("hw.optional.avx512f"))
-        regs7 = raw.get("7") or (0, 0, 0, 0)
-        amx_mask = tab["x86"]["os_state"]["amx"][0]
-        if (regs7[3] >> 24) & 1 and raw.get("xcr0") is not None and (raw["xcr0"] & amx_mask) == amx_mask:
-            raw["amx_permission"] = bool(native.request_amx())
-        return x86_from_cpuid(raw, arch, "cpuid", tab)
-    if native is not None and arch == "aarch64" and hasattr(native, "hwcaps"):
-        h1, h2 = native.hwcaps()
-        from ._slowpath import aarch64_from_hwcaps
-
-        return aarch64_from_hwcaps(h1, h2)
-    if native is not None and hasattr(native, "sysctl"):
-        tab = feature_table()["aarch64"]["macos_sysctl"]
-        from ._slowpath import from_sysctl
-
-        return from_sysctl({key: native.sysctl(key) for key in set(tab.values())}, arch)
-    text = _raw_cpuinfo()
-    if text is not None:
-        from ._slowpath import from_cpuinfo
-
-        return from_cpuinfo(text, arch)
-    return CPU(arch=arch, features=frozenset(), x86_64_level=0 if arch == "x86_64" else None, vendor="",
-               source="none", notes=("no CPU probe works here: only builds that require no features are usable",))
-
-
-_cpu_lock = _thread.allocate_lock()
-_cpu_cached: CPU | None = None
-cpu_probe_count = 0  # how many times the CPU was really probed (tests check it is 1)
-
-
-def probe_cpu() -> CPU:
-    """This process's CPU, probed once (thread-safe)."""
-    global _cpu_cached, cpu_probe_count
-    cpu = _cpu_cached
-    if cpu is not None:
-        return cpu
-    with _cpu_lock:
-        if _cpu_cached is None:
-            cpu_probe_count += 1
-            _cpu_cached = _probe_cpu_uncached()
-        return _cpu_cached
-
-
-# ============================================================================
-# 5. GPUs
-#
+# ----------------------------------------------------------------------------
 # The NVIDIA GPU probe.
 #
 # * Where no NVIDIA driver is installed it costs one ``stat`` and imports nothing.
@@ -744,22 +488,6 @@ def no_gpus(reason: str, source: str = "none") -> GPUs:
 # ---------------------------------------------------------------- driver presence and cache key (raw)
 
 
-def driver_present() -> tuple[bool, str]:
-    """One cheap check for an installed NVIDIA driver, before anything is imported."""
-    if sys.platform == "win32":
-        root = os.environ.get("SystemRoot", r"C:\Windows")
-        path = os.path.join(root, "System32", "nvml.dll")
-    elif sys.platform == "linux":
-        if os.path.exists("/proc/driver/nvidia/version"):
-            return True, ""
-        path = "/usr/lib/wsl/lib/libnvidia-ml.so.1"  # WSL2 has no /proc/driver/nvidia
-    else:
-        return False, f"no NVIDIA CUDA driver exists for {sys.platform}"
-    if os.path.exists(path):
-        return True, ""
-    return False, "no NVIDIA driver is installed (/proc/driver/nvidia/version is missing)"
-
-
 # ---------------------------------------------------------------- the cached accessor
 
 _gpu_lock = _thread.allocate_lock()
@@ -805,9 +533,8 @@ def forget_gpus() -> None:
     with _gpu_lock:
         _gpu_cached = None
 
-
 # ============================================================================
-# 6. The decision
+# 4. The decision
 #
 # Choosing a build: a pure function of (manifest, hardware, environment).
 #
@@ -838,10 +565,13 @@ def forget_gpus() -> None:
 #     print the decision to stderr.
 # ``FATDISPATCH_GPU_CACHE=0``
 #     do not read or write the per-user GPU cache.
+# ``FATDISPATCH_CACHE=0``
+#     do not read or write any per-user cache (GPU facts, picks).  Setting any
+#     ``FATDISPATCH_*`` variable already bypasses the pick cache.
 # ============================================================================
 
 KNOWN_VARIABLES = ("FATDISPATCH_FORCE", "FATDISPATCH_UNSAFE_FORCE", "FATDISPATCH_DISABLE", "FATDISPATCH_VERBOSE",
-                   "FATDISPATCH_GPU_CACHE")
+                   "FATDISPATCH_GPU_CACHE", "FATDISPATCH_CACHE")
 CATEGORIES = ("cpu", "cuda", "baseline")
 ALIASES = {"avx512": "x86-64-v4", "avx2": "x86-64-v3", "sse4": "x86-64-v2", "v4": "x86-64-v4",
            "v3": "x86-64-v3", "v2": "x86-64-v2", "v1": "baseline", "x86-64-v1": "baseline", "gpu": "cuda"}
@@ -936,6 +666,10 @@ def force_for(module: str, env: Mapping[str, str]) -> str | None:
     if len(set(chosen)) > 1:
         raise ConfigError("FATDISPATCH_FORCE", raw, f"asks for several builds of {module}: {', '.join(chosen)}")
     return chosen[0] if chosen else None
+
+
+def _gpu_cache_allowed(env: Mapping[str, str]) -> bool:
+    return boolean(env, "FATDISPATCH_GPU_CACHE", True) and boolean(env, "FATDISPATCH_CACHE", True)
 
 
 def effective_hardware(hw: Hardware, env: Mapping[str, str]) -> Hardware:
@@ -1077,26 +811,17 @@ def _describe(v: Variant, score: tuple[int, ...]) -> str:
     level = f"x86-64-v{v.x86_64_level}" if v.x86_64_level else v.arch
     return f"CPU, {level}, priority {v.priority}"
 
-
 # ============================================================================
-# 7. Loading
+# 5. Loading
 #
-# Binding: a meta-path finder that answers only for registered fat modules.
-#
-# ``install("mypkg", ["_core"])`` registers ``mypkg._core``.  On its import the
-# finder reads the manifest, probes the hardware (once per process), asks the
-# pure :func:`~fatdispatch._select.select` for a ranked order, and returns a spec
-# whose loader tries each build with CPython's own extension machinery
-# (``_imp.create_dynamic``) under the stable name.  Nothing is loaded before the
-# decision; a build that fails to load is recorded and the next one tried.
-#
-# The module object is the extension itself: no proxy, so calls cost exactly what
-# they cost without fatdispatch.  It carries ``__fatdispatch_variant__``.
+# The full path: read the manifest, probe the hardware (once per process), ask
+# the pure :func:`select` for a ranked order, and try each build under the
+# stable name.  Nothing is loaded before the decision; a build that fails to
+# load is recorded and the next one tried.  A clean load of the first choice,
+# with nothing set in ``FATDISPATCH_*``, is remembered in the pick cache.
 # ============================================================================
 
-_registry: dict[str, str] = {}  # full module name -> its variants folder
 _records: dict[str, LoadRecord] = {}
-_registry_lock = _thread.RLock()
 
 
 class LoadRecord(Record):
@@ -1110,36 +835,15 @@ class LoadRecord(Record):
     attempts: tuple[tuple[str, str], ...]  # (build, why it failed)
 
 
-class FatFinder:
-    """Answers ``find_spec`` for registered fat modules only; ``None`` for everything else."""
-
-    _fatdispatch_finder = True
-
-    @staticmethod
-    def find_spec(fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None) -> ModuleSpecT | None:
-        variants_dir = _registry.get(fullname)
-        if variants_dir is None:
-            return None
-        return _find_spec(fullname, variants_dir)
-
-    @staticmethod
-    def invalidate_caches() -> None:
-        pass
-
-
-def register(fullname: str, variants_dir: str) -> None:
-    with _registry_lock:
-        _registry[fullname] = variants_dir
-        if not any(getattr(f, "_fatdispatch_finder", False) for f in sys.meta_path):
-            sys.meta_path.insert(0, FatFinder)
-
-
-def registered() -> dict[str, str]:
-    return dict(_registry)
-
-
 def record(fullname: str) -> LoadRecord | None:
-    return _records.get(fullname)
+    """The load record of ``fullname``; for a module bound from the pick cache, built now (the same decision)."""
+    rec = _records.get(fullname)
+    hit = _hits.get(fullname)
+    if rec is None and hit is not None:
+        sel = decide(fullname, _registry[fullname], os.environ)
+        rec = _records[fullname] = LoadRecord(module=fullname, variant=hit[0], path=hit[1], selection=sel,
+                                              attempts=())
+    return rec
 
 
 # ---------------------------------------------------------------- deciding
@@ -1155,7 +859,7 @@ def hardware_for(manifest: Manifest, env: Mapping[str, str]) -> Hardware:
         cpu_only = token in ("cpu", "baseline") or any(
             v.name.lower() == token and v.kind == "cpu" for v in manifest.variants)
         if not cpu_only:
-            gpu = probe_gpus(env, use_cache=boolean(env, "FATDISPATCH_GPU_CACHE", True))
+            gpu = probe_gpus(env, use_cache=_gpu_cache_allowed(env))
     return Hardware(cpu=cpu, gpu=gpu)
 
 
@@ -1169,12 +873,26 @@ def decide(fullname: str, variants_dir: str, env: Mapping[str, str] | None = Non
     return select(manifest, hardware_for(manifest, env), env)
 
 
-def _find_spec(fullname: str, variants_dir: str) -> ModuleSpecT:
-    env = os.environ
+def find_spec_fully(fullname: str, variants_dir: str, env: Mapping[str, str]) -> ModuleSpecT:
+    """The finder's answer when the pick cache has none: decide from scratch."""
     selection = decide(fullname, variants_dir, env)
     _report_decision(selection, env)
     spec: ModuleSpecT = ModuleSpec(fullname, FatLoader(selection, variants_dir), origin=variants_dir)
     return spec
+
+
+def create_fully(spec: ModuleSpecT, variants_dir: str) -> ModuleType:
+    """Load ``spec.name`` the full way (the cached pick did not load: the failure is retried and recorded)."""
+    selection = decide(spec.name, variants_dir, os.environ)
+    _report_decision(selection, os.environ)
+    return FatLoader(selection, variants_dir).create_module(spec)
+
+
+def log_decision(fullname: str) -> None:
+    """Log the decision for a module bound from the pick cache (only where debug logging is on)."""
+    rec = record(fullname)
+    if rec is not None:
+        _report_decision(rec.selection, {})
 
 
 def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
@@ -1194,6 +912,43 @@ def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
         sys.stderr.write("".join(f"fatdispatch: {line}\n" for line in text.splitlines()))
     if logging is not None:
         logging.getLogger("fatdispatch").debug("%s", text)
+
+
+# ---------------------------------------------------------------- the pick cache (writing)
+
+
+def remember_pick(variants_dir: str, selection: Selection, variant: Variant, path: str,
+                  env: Mapping[str, str]) -> None:
+    """Write the pick of a clean load to the per-user pick cache (see :mod:`fatdispatch`, section 4).
+
+    Only where it can be read back: Linux x86-64, nothing set in ``FATDISPATCH_*``,
+    the CPU facts from CPUID, and no CUDA build on a machine with an NVIDIA driver.
+    Any I/O problem just means no cache.
+    """
+    from . import _pick_cache_usable
+
+    hw = selection.hardware
+    manifest_has_cuda = any(c.variant.kind == "cuda" for c in selection.candidates)
+    if not _pick_cache_usable(env) or hw.cpu.source != "cpuid" or (manifest_has_cuda and driver_present()[0]):
+        return
+    root = cache_root(env)
+    key = pick_key(variants_dir)
+    if root is None or key is None:
+        return
+    cache = os.path.join(root, PICKS_NAME)
+    data = read_picks(cache) or {"schema": PICKS_SCHEMA, "picks": {}}
+    picks = data["picks"]
+    picks.pop(variants_dir, None)
+    while len(picks) >= 256:  # oldest first (dicts keep insertion order)
+        picks.pop(next(iter(picks)))
+    identity = file_identity(path)
+    if identity is None:
+        return
+    picks[variants_dir] = {"key": key, "build": variant.name, "path": path, "identity": identity,
+                           "amx": any(f.startswith("amx") for f in variant.features), "cuda": manifest_has_cuda}
+    from ._slowpath import write_private_json
+
+    write_private_json(cache, data)
 
 
 # ---------------------------------------------------------------- loading
@@ -1222,7 +977,7 @@ def resolve_file(variants_dir: str, variant: Variant) -> tuple[str | None, str]:
 _ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "i686": 3, "ppc64le": 21, "s390x": 22}
 
 
-def check_elf(path: str, machine: str) -> str | None:
+def check_elf(path: str, machine: str) -> "str | None":
     """Why ``path`` cannot be a loadable ELF object for ``machine``, or None.
 
     ``dlopen`` of a truncated file maps segments past its end and dies with
@@ -1233,26 +988,30 @@ def check_elf(path: str, machine: str) -> str | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            size = os.fstat(f.fileno()).st_size
-            if len(head) < 64 or head[:4] != b"\x7fELF":
-                return "not an ELF shared object"
-            if head[4] != 2 or head[5] != 1:
-                return "not a 64-bit little-endian ELF object"
-            le = int.from_bytes
-            em = le(head[18:20], "little")
-            want = _ELF_MACHINES.get(machine)
-            if want is not None and em != want:
-                names = {v: k for k, v in _ELF_MACHINES.items()}
-                return f"built for {names.get(em, f'ELF machine {em}')}, not {machine}"
-            phoff, phentsize, phnum = le(head[32:40], "little"), le(head[54:56], "little"), le(head[56:58], "little")
-            if phentsize < 56 or phnum == 0 or phoff + phentsize * phnum > size:
-                return f"truncated: {size} bytes cannot hold its program headers"
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         return f"cannot read it: {exc.strerror or exc}"
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 64, 0)
+        if len(head) < 64 or head[:4] != b"\x7fELF":
+            return "not an ELF shared object"
+        if head[4] != 2 or head[5] != 1:
+            return "not a 64-bit little-endian ELF object"
+        le = int.from_bytes
+        em = le(head[18:20], "little")
+        want = _ELF_MACHINES.get(machine)
+        if want is not None and em != want:
+            names = {v: k for k, v in _ELF_MACHINES.items()}
+            return f"built for {names.get(em, f'ELF machine {em}')}, not {machine}"
+        phoff, phentsize, phnum = le(head[32:40], "little"), le(head[54:56], "little"), le(head[56:58], "little")
+        if phentsize < 56 or phnum == 0 or phoff + phentsize * phnum > size:
+            return f"truncated: {size} bytes cannot hold its program headers"
+        table = os.pread(fd, phentsize * phnum, phoff)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
     for i in range(phnum):
         ph = table[i * phentsize:(i + 1) * phentsize]
         if le(ph[0:4], "little") == 1:  # PT_LOAD
@@ -1288,7 +1047,7 @@ class FatLoader:
                 failure = f"{path}: {failure}"
             else:
                 try:
-                    module = self._load(name, path, variant)
+                    module = load_extension(name, path, any(f.startswith("amx") for f in variant.features))
                 except BaseException as exc:  # noqa: BLE001 - any failure of one build means: try the next
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                         raise
@@ -1306,26 +1065,17 @@ class FatLoader:
             _records[name] = LoadRecord(module=name, variant=build, path=path, selection=sel,
                                         attempts=tuple(attempts))
             if attempts:
-                from ._slowpath import _warn_fallback
+                from ._slowpath import _warn_fallback, forget_pick
 
                 _warn_fallback(name, build, attempts)
+                forget_pick(self.variants_dir, os.environ)
+            else:
+                remember_pick(self.variants_dir, sel, variant, path, os.environ)
             return module
         _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=tuple(attempts))
         lines = "\n".join(f"  {b}: {why}" for b, why in attempts)
         raise NoUsableBuildError(f"fatdispatch: no build of {name} could be loaded; tried:\n{lines}",
                                  name=name, attempts=tuple(attempts))
-
-    @staticmethod
-    def _load(name: str, path: str, variant: Variant) -> ModuleType:
-        if any(f.startswith("amx") for f in variant.features):
-            from . import _native
-
-            if not _native.request_amx():
-                raise FatDispatchError("the kernel refused AMX tile permission (ARCH_REQ_XCOMP_PERM)")
-        subspec = ModuleSpec(name, ExtensionFileLoader(name, path), origin=path)
-        module = _imp.create_dynamic(subspec)
-        _imp.exec_dynamic(module)  # multi-phase init runs here, so a failing init can still fall back
-        return module
 
     def exec_module(self, module: ModuleType) -> None:
         pass  # executed in create_module

@@ -1,4 +1,4 @@
-"""The rarer paths of the import machinery, kept out of :mod:`fatdispatch._runtime` so the common import
+"""The rarer paths of the import machinery, kept out of :mod:`fatdispatch._runtime` so the full path
 stays small: non-x86 and fallback CPU parsers, ``FATDISPATCH_DISABLE``/``FATDISPATCH_FORCE`` handling,
 ``CUDA_VISIBLE_DEVICES`` rules, SASS/PTX fitting, the GPU cache reader, and human-readable reports.
 
@@ -7,9 +7,11 @@ Every function here is pure or a small raw probe, like the rest of the runtime; 
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 
+from . import cache_root
 from ._runtime import (ALIASES, CACHE_SCHEMA, CATEGORIES, CPU, GPU, GPUs, KNOWN_VARIABLES, MATCH_NAMES, ConfigError,
                        Candidate, Hardware, Manifest, Selection, Variant, feature_table, json_loads, parse_sm,
                        x86_64_level)
@@ -17,6 +19,34 @@ from ._runtime import (ALIASES, CACHE_SCHEMA, CATEGORIES, CPU, GPU, GPUs, KNOWN_
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping, Sequence
+
+
+def probe_other_cpu(arch: str, native: Any) -> CPU:
+    """The CPU probe off x86-64, or without the compiled helper: auxv, sysctl, then /proc/cpuinfo."""
+    if native is not None and arch == "aarch64" and hasattr(native, "hwcaps"):
+        h1, h2 = native.hwcaps()
+        return aarch64_from_hwcaps(h1, h2)
+    if native is not None and hasattr(native, "sysctl"):
+        tab = feature_table()["aarch64"]["macos_sysctl"]
+        return from_sysctl({key: native.sysctl(key) for key in set(tab.values())}, arch)
+    text = _raw_cpuinfo()
+    if text is not None:
+        return from_cpuinfo(text, arch)
+    return CPU(arch=arch, features=frozenset(), x86_64_level=0 if arch == "x86_64" else None, vendor="",
+               source="none", notes=("no CPU probe works here: only builds that require no features are usable",))
+
+
+def _raw_cpuinfo() -> str | None:
+    try:
+        fd = os.open("/proc/cpuinfo", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 16384).decode("utf-8", "replace")  # the first processor's block is ~2 KiB
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def aarch64_from_hwcaps(hwcap: int, hwcap2: int, source: str = "hwcap",
@@ -187,12 +217,6 @@ def cache_key() -> dict[str, Any]:
             "python_bits": sys.maxsize > 2**32}
 
 
-def cache_root(env: Mapping[str, str]) -> str | None:
-    """fatdispatch's per-user cache folder (``$XDG_CACHE_HOME/fatdispatch``), or None if that is not absolute."""
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fatdispatch") if os.path.isabs(base) else None
-
-
 def cache_path(env: Mapping[str, str]) -> str | None:
     root = cache_root(env)
     return os.path.join(root, f"gpu-v{CACHE_SCHEMA}.json") if root else None
@@ -254,6 +278,35 @@ def read_cache(path: str, key: Mapping[str, Any]) -> GPUs | None:
         return gpus_from_json(data["gpus"], "cache")
     except (AttributeError, ValueError, TypeError, KeyError):
         return None
+
+
+def write_private_json(path: str, data: Any) -> None:
+    """Write ``data`` as JSON atomically (temp file + rename) into a private directory; failures are ignored."""
+    import json
+
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not _secure(os.stat(directory)):
+            return
+        tmp = f"{path}.{os.getpid()}.{_thread.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def forget_pick(variants_dir: str, env: Mapping[str, str]) -> None:
+    """Drop the pick cache's entry for ``variants_dir`` (its pick did not load cleanly)."""
+    from . import PICKS_NAME, read_picks
+
+    root = cache_root(env)
+    path = os.path.join(root, PICKS_NAME) if root else None
+    data = read_picks(path) if path else None
+    if path and data is not None and data["picks"].pop(variants_dir, None) is not None:
+        write_private_json(path, data)
 
 
 def drop_cache(env: Mapping[str, str]) -> None:

@@ -15,11 +15,11 @@ import tempfile
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HIDDEN = ["fatdispatch._runtime", "fatdispatch._slowpath", "fatdispatch._nvml", "fatdispatch._native"]
+HIDDEN = ["fatdispatch._errors", "fatdispatch._runtime", "fatdispatch._slowpath", "fatdispatch._nvml", "fatdispatch._native"]
 
 
 def _generated_dir() -> str:
-    from .._slowpath import cache_root
+    from .. import cache_root
 
     root = cache_root(os.environ) or os.path.join(tempfile.gettempdir(), "fatdispatch")
     return os.path.join(root, "pyinstaller-hooks")

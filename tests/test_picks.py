@@ -1,0 +1,174 @@
+"""The pick cache: a later import reuses an earlier process's decision only while everything it rests on holds.
+
+Each test gets its own cache folder and its own copy of the installed example, so that what it checks (hit or
+miss, which build) is not decided by another test's run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import qemu, run, site_packages
+
+pytestmark = pytest.mark.slow
+
+STATE = """
+import json, sys, fatdemo, fatdispatch
+hit = "fatdispatch._runtime" not in sys.modules
+rec = fatdispatch.loaded("fatdemo._core")
+print(json.dumps({"variant": fatdemo.variant(), "hit": hit, "record": rec.variant, "attempts": list(rec.attempts),
+                  "ok": fatdemo.hamming(b"\\x0f" * 64, b"\\xf0" * 64) == 512,
+                  "chosen": rec.selection.chosen}))
+"""
+
+
+@pytest.fixture
+def setup(demo_venv: Path, clean_env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
+    """(environment, the copy's variants folder, the cache file) for a private copy of fatdemo."""
+    site = tmp_path / "site"
+    shutil.copytree(site_packages(demo_venv) / "fatdemo", site / "fatdemo")
+    env = dict(clean_env, PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    return env, site / "fatdemo" / "_core.variants", tmp_path / "cache" / "fatdispatch" / "picks-v1.json"
+
+
+def state(py: Path, env: dict[str, str], *args: str) -> dict:
+    return json.loads(run([*args, str(py), "-c", STATE], env=env, cwd="/").stdout)
+
+
+def best(py: Path, env: dict[str, str]) -> str:
+    env = dict(env, FATDISPATCH_CACHE="0")
+    return str(json.loads(run([str(py), "-c", STATE], env=env, cwd="/").stdout)["variant"])
+
+
+def test_second_import_is_answered_by_the_cache(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
+    env, variants, cache = setup
+    first = state(demo_venv, env)
+    assert not first["hit"] and first["ok"]
+    entry = json.loads(cache.read_text())["picks"][str(variants)]
+    so = variants / first["variant"] / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
+    assert entry["build"] == first["variant"] and entry["path"] == str(so)
+    assert oct(cache.stat().st_mode & 0o777) == "0o600"
+    second = state(demo_venv, env)
+    assert second["hit"] and second["ok"] and second["variant"] == first["variant"]
+    # loaded() rebuilds the full record on demand: the same decision, with every build's reason
+    assert second["record"] == second["chosen"] == first["variant"] and second["attempts"] == []
+
+
+def test_any_fatdispatch_variable_bypasses_the_cache(demo_venv: Path,
+                                                     setup: tuple[dict[str, str], Path, Path]) -> None:
+    env, _, _ = setup
+    assert state(demo_venv, env)["variant"] != "baseline"
+    assert state(demo_venv, env)["hit"]
+    forced = state(demo_venv, dict(env, FATDISPATCH_FORCE="baseline"))
+    assert forced["variant"] == "baseline" and not forced["hit"]
+    assert not state(demo_venv, dict(env, FATDISPATCH_CACHE="0"))["hit"]
+    assert state(demo_venv, env)["hit"]  # a forced run does not overwrite the cached pick
+
+
+def test_changed_manifest_misses(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
+    env, variants, _ = setup
+    state(demo_venv, env)
+    assert state(demo_venv, env)["hit"]
+    manifest = variants / "manifest.json"
+    st = manifest.stat()
+    os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert not state(demo_venv, env)["hit"]
+    assert state(demo_venv, env)["hit"]
+
+
+def test_untrusted_or_corrupt_cache_is_ignored(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
+    env, variants, cache = setup
+    state(demo_venv, env)
+    cache.chmod(0o666)  # another user could have written it
+    assert not state(demo_venv, env)["hit"]
+    cache.chmod(0o600)
+    data = json.loads(cache.read_text())
+    entry = data["picks"][str(variants)]
+    for path in (f"{variants}/../../evil/_core.so", "/usr/lib/x86_64-linux-gnu/libc.so.6", 42):
+        entry["path"] = path
+        cache.write_text(json.dumps(data))
+        cache.chmod(0o600)
+        after = state(demo_venv, env)
+        assert not after["hit"] and after["ok"], path
+    cache.write_bytes(b"\x00garbage{")
+    after = state(demo_venv, env)
+    assert not after["hit"] and after["ok"]
+    assert state(demo_venv, env)["hit"]  # rewritten
+
+
+def test_a_replaced_build_file_is_not_trusted(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
+    """The cached file is loaded again only while its (mtime, size, inode, device) are those that loaded: a
+    replaced file goes through the full path and its ELF check first."""
+    env, variants, _ = setup
+    first = state(demo_venv, env)["variant"]
+    so = variants / first / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
+    data = so.read_bytes()
+    so.unlink()
+    so.write_bytes(data)  # same content, new inode
+    again = state(demo_venv, env)
+    assert not again["hit"] and again["variant"] == first and again["attempts"] == []
+    assert state(demo_venv, env)["hit"]
+
+
+def test_broken_cached_build_falls_back_and_is_forgotten(demo_venv: Path,
+                                                          setup: tuple[dict[str, str], Path, Path]) -> None:
+    env, variants, cache = setup
+    first = state(demo_venv, env)["variant"]
+    if first == "baseline":
+        pytest.skip("needs a CPU above baseline")
+    so = variants / first / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
+    so.write_bytes(so.read_bytes()[:4096])  # truncated after the pick was cached
+    out = run([str(demo_venv), "-W", "ignore", "-c", STATE], env=env, cwd="/")
+    after = json.loads(out.stdout)
+    assert after["variant"] != first and after["ok"]
+    assert [b for b, _ in after["attempts"]] == [first] and "truncated" in after["attempts"][0][1]
+    assert str(variants) not in json.loads(cache.read_text())["picks"]
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(qemu() is None, reason="qemu-x86_64 missing (apt-get install qemu-user)")
+def test_a_pick_from_another_cpu_is_never_reused(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
+    """The same cache folder seen by this CPU and by emulated older ones (a home shared across machines, a
+    migrated VM): each CPU gets its own pick, never the other's."""
+    env, _, _ = setup
+    native = state(demo_venv, env)["variant"]
+    assert state(demo_venv, env)["hit"]
+    for model, expected in (("Nehalem", "x86-64-v2"), ("qemu64", "baseline")):
+        emulated = state(demo_venv, env, qemu() or "qemu-x86_64", "-cpu", model)
+        assert emulated["variant"] == expected and emulated["ok"] and not emulated["hit"], (model, emulated)
+        again = state(demo_venv, env, qemu() or "qemu-x86_64", "-cpu", model)
+        assert again["variant"] == expected and again["hit"], (model, again)
+    back = state(demo_venv, env)
+    assert back["variant"] == native and not back["hit"]
+
+
+def test_pick_key_follows_every_input(tmp_path: Path) -> None:
+    import fatdispatch
+    from fatdispatch import _native
+
+    variants = tmp_path / "_core.variants"
+    variants.mkdir()
+    (variants / "manifest.json").write_text("{}")
+    key = fatdispatch.pick_key(str(variants))
+    assert key is not None and key[0] == fatdispatch.__version__
+    raw = _native.x86()
+    cpu = key[3]
+    assert cpu[4:8] == [raw["1"][0], raw["1"][1] & 0x00FFFFFF, *raw["1"][2:]]  # the same words x86() reads
+    assert cpu[8:20] == [*raw["7"], *raw["7.1"], *raw["0x80000001"]]
+    assert cpu[20:] == [raw["max_ext"], raw["xcr0"], raw.get("amx_permission")]
+    allowed = os.sched_getaffinity(0)
+    try:
+        for core in sorted(allowed):  # the APIC id differs per core; the key must not
+            os.sched_setaffinity(0, {core})
+            assert fatdispatch.pick_key(str(variants)) == key
+    finally:
+        os.sched_setaffinity(0, allowed)
+    (variants / "manifest.json").write_text("{} ")
+    assert fatdispatch.pick_key(str(variants)) != key
+    assert fatdispatch.pick_key(str(tmp_path / "missing")) is None
