@@ -78,19 +78,27 @@ IMPORT_CODE = ("import time; t = time.perf_counter(); import {mod}; dt = time.pe
                "import json; print(json.dumps({{'s': dt, 'v': {mod}.variant()}}))")
 
 
-def bench_import(py: str, twin: Path, runs: int) -> dict:
-    env_fat = clean_env()
+def bench_import(py: str, twin: Path, runs: int, cache_home: Path) -> dict:
+    """``import fatdemo`` three ways, interleaved: answered by the pick cache (what every import after the first
+    one is), with the pick cache off (the full path: manifest, probe, decision; what the first import costs), and
+    the plain extension."""
+    env_fat = clean_env(XDG_CACHE_HOME=str(cache_home))
+    env_full = clean_env(XDG_CACHE_HOME=str(cache_home), FATDISPATCH_CACHE="0")
     env_plain = clean_env(PYTHONPATH=str(twin))
-    fat, plain = [], []
+    first = child(py, IMPORT_CODE.format(mod="fatdemo"), env_fat)  # fills the pick cache
+    fat, full, plain = [], [], []
     for _ in range(runs):  # interleaved
         fat.append(child(py, IMPORT_CODE.format(mod="fatdemo"), env_fat)["s"])
+        full.append(child(py, IMPORT_CODE.format(mod="fatdemo"), env_full)["s"])
         plain.append(child(py, IMPORT_CODE.format(mod="fatdemo_plain"), env_plain)["s"])
-    return {"runs": runs, "fat_s": fat, "plain_s": plain, "fat_median_s": med(fat), "plain_median_s": med(plain),
-            "added_median_s": med(fat) - med(plain), "ratio": med(fat) / med(plain)}
+    return {"runs": runs, "first_import_s": first["s"], "fat_s": fat, "full_path_s": full, "plain_s": plain,
+            "fat_median_s": med(fat), "full_path_median_s": med(full), "plain_median_s": med(plain),
+            "added_median_s": med(fat) - med(plain), "full_path_added_median_s": med(full) - med(plain),
+            "ratio": med(fat) / med(plain)}
 
 
 PROBES = {
-    "fatdispatch": ("import fatdispatch._runtime as r; r.probe_cpu()", "r._cpu_cached = None; r.probe_cpu()"),
+    "fatdispatch": ("import fatdispatch._cpu as r; r.probe_cpu()", "r._cpu_cached = None; r.probe_cpu()"),
     "archspec": ("import archspec.cpu; archspec.cpu.host()", "archspec.cpu.host.cache_clear() if hasattr(archspec.cpu.host, 'cache_clear') else None; archspec.cpu.host()"),
     "numpy __cpu_features__": ("from numpy._core._multiarray_umath import __cpu_features__ as f; len(f)", "len(f)"),
     "py-cpuinfo": ("import cpuinfo; cpuinfo.get_cpu_info()", None),
@@ -230,8 +238,8 @@ def main() -> int:
     args = ap.parse_args()
     py = sys.executable
     tiny = args.tiny
-    import fatdispatch._runtime as rt
-    cpu = rt.probe_cpu()
+    from fatdispatch._cpu import probe_cpu
+    cpu = probe_cpu()
     level_flags = {1: [], 2: ["-march=x86-64-v2"], 3: ["-march=x86-64-v3"], 4: ["-march=x86-64-v4"]}.get(
         cpu.x86_64_level or 1, [])
     results: dict[str, object] = {
@@ -246,7 +254,7 @@ def main() -> int:
         bpy = bench_venv(Path(tmp), tiny)
         twin = build_plain_twin(Path(tmp) / "twin", level_flags)
         print("1/6 import overhead ...", flush=True)
-        results["import"] = bench_import(bpy, twin, 3 if tiny else 41)
+        results["import"] = bench_import(bpy, twin, 3 if tiny else 41, Path(tmp) / "cache-home")
         print("2/6 probe cost ...", flush=True)
         os.environ["PYTHONPATH"] = dev_site  # the others' packages; fatdispatch comes from the fresh venv's wheel
         try:
@@ -276,9 +284,12 @@ def report(r: dict) -> str:
              f"{r['machine']['cpus']} CPUs" + (" (TINY run: numbers meaningless)" if r["tiny"] else ""), ""]
     lines.append("| measure | fatdispatch | reference | difference / ratio |")
     lines.append("|---|---|---|---|")
-    lines.append(f"| `import fatdemo` (median of {imp['runs']} fresh interpreters, interleaved) | "
+    lines.append(f"| `import fatdemo`, pick cache answers (median of {imp['runs']} fresh interpreters, interleaved) | "
                  f"{imp['fat_median_s'] * us:.0f} us | plain extension {imp['plain_median_s'] * us:.0f} us | "
                  f"+{imp['added_median_s'] * us:.0f} us ({imp['ratio']:.2f}x) |")
+    lines.append(f"| `import fatdemo`, full path (FATDISPATCH_CACHE=0; what a first import costs) | "
+                 f"{imp['full_path_median_s'] * us:.0f} us | plain extension {imp['plain_median_s'] * us:.0f} us | "
+                 f"+{imp['full_path_added_median_s'] * us:.0f} us |")
     p = r["probe"]
     for name, d in p.items():
         if "error" in d:
