@@ -214,10 +214,11 @@ class FatFinder:
 # "amx": bool, "cuda": bool}}}``.  The key holds everything the decision depends
 # on besides the environment: this runtime's files, the manifest's identity and
 # the raw CPUID/XCR0 words of this process.  The file is only loaded again while
-# its identity is unchanged, so the ELF check of the full path still holds.  A pick is only written after its build
-# loaded with nothing set in ``FATDISPATCH_*``, and only read when nothing is
-# set there; a module with CUDA builds is only picked from the cache where no
-# NVIDIA driver is installed.  Linux x86-64 only.
+# its identity is unchanged, so the ELF check of the full path still holds.  A
+# pick is only written after its build loaded with nothing set in
+# ``FATDISPATCH_*``, and only read when nothing is set there; a module with CUDA
+# builds is only picked from the cache where no NVIDIA driver is installed.
+# Linux x86-64 only.
 # ============================================================================
 
 PICKS_SCHEMA = 1
