@@ -83,10 +83,7 @@ def install(package: str, modules: "Iterable[str] | None" = None) -> None:
         for p in paths:
             folder = os.path.join(p, mod + VARIANTS_SUFFIX)
             if os.path.isdir(folder):
-                with _registry_lock:
-                    _registry[f"{package}.{mod}"] = folder
-                    if FatFinder not in sys.meta_path:
-                        sys.meta_path.insert(0, FatFinder)
+                register(f"{package}.{mod}", folder)
                 break
         else:
             from ._runtime import install_slowly
@@ -148,6 +145,14 @@ def native() -> "Any":
 _registry: "dict[str, str]" = {}  # full module name -> its variants folder
 _registry_lock = _thread.allocate_lock()
 _hits: "dict[str, tuple[str, str]]" = {}  # module -> (build, path) bound from the pick cache
+
+
+def register(fullname: str, variants_dir: str) -> None:
+    """Register one fat module by its variants folder (what :func:`install` does for each)."""
+    with _registry_lock:
+        _registry[fullname] = variants_dir
+        if FatFinder not in sys.meta_path:
+            sys.meta_path.insert(0, FatFinder)
 
 
 class FatFinder:
@@ -222,6 +227,8 @@ class FatFinder:
 # ============================================================================
 
 PICKS_SCHEMA = 1
+# An NVIDIA driver on Linux shows one of these (WSL2 has no /proc/driver/nvidia); see _runtime.driver_present.
+LINUX_DRIVER_FILES = ("/proc/driver/nvidia/version", "/usr/lib/wsl/lib/libnvidia-ml.so.1")
 PICKS_NAME = f"picks-v{PICKS_SCHEMA}.json"
 _RUNTIME_FILES = ("_runtime.py", "_cpu.py")  # the decision's code (the CPU table is compiled into _native)
 
@@ -278,8 +285,7 @@ def cached_pick(variants_dir: str, env: "Mapping[str, str]") -> "dict[str, Any] 
     if (type(path) is not str or type(entry.get("build")) is not str or not path.startswith(variants_dir + os.sep)
             or ".." in path.split(os.sep)):
         return None
-    if entry.get("cuda") and (os.path.exists("/proc/driver/nvidia/version")
-                              or os.path.exists("/usr/lib/wsl/lib/libnvidia-ml.so.1")):
+    if entry.get("cuda") and any(os.path.exists(f) for f in LINUX_DRIVER_FILES):
         return None  # an NVIDIA driver: GPU facts decide, so the full path asks NVML (or its own cache)
     return entry
 

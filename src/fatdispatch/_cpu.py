@@ -105,16 +105,11 @@ def x86_64_level(features: "frozenset[str] | set[str]", table: "Mapping[str, Any
     The levels come from the feature table (``table``) or, by default, the copy
     compiled into ``_native`` from that same table.
     """
-    if table is None:
-        mod = native()
-        if mod is not None and hasattr(mod, "X86_LEVELS"):
-            levels = mod.X86_LEVELS
-        else:
-            from ._runtime import feature_table
+    levels = getattr(native(), "X86_LEVELS", None) if table is None else None
+    if levels is None:
+        from ._runtime import feature_table
 
-            table = feature_table()
-    if table is not None:
-        levels = [table["x86"]["levels"][n] for n in ("1", "2", "3", "4")]
+        levels = [(table or feature_table())["x86"]["levels"][n] for n in ("1", "2", "3", "4")]
     level = 0
     for need in levels:
         if not features.issuperset(need):

@@ -706,17 +706,34 @@ static PyObject *jp_literal(jp *j, const char *word, PyObject *value)
     return value;
 }
 
+/* After '[' or '{': 1 if the container closes at once (consumed), else 0. */
+static int jp_empty(jp *j, char close)
+{
+    jp_ws(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* After an item: 1 for ',' (another item follows), 0 for the closing bracket, -1 (error set) otherwise. */
+static int jp_next(jp *j, char close)
+{
+    jp_ws(j);
+    if (j->p < j->end && (*j->p == ',' || *j->p == close))
+        return *j->p++ == ',';
+    jp_fail(j, close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
+    return -1;
+}
+
 static PyObject *jp_array(jp *j)
 {
     PyObject *list = PyList_New(0), *v;
-    if (list == NULL)
-        return NULL;
-    jp_ws(j);
-    if (j->p < j->end && *j->p == ']') {
-        j->p++;
+    int more;
+    if (list == NULL || jp_empty(j, ']'))
         return list;
-    }
-    for (;;) {
+    do {
         v = jp_value(j);
         if (v == NULL || PyList_Append(list, v) < 0) {
             Py_XDECREF(v);
@@ -724,31 +741,20 @@ static PyObject *jp_array(jp *j)
             return NULL;
         }
         Py_DECREF(v);
-        jp_ws(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (j->p < j->end && *j->p == ']') {
-            j->p++;
-            return list;
-        }
-        Py_DECREF(list);
-        return jp_fail(j, "expected ',' or ']'");
-    }
+        more = jp_next(j, ']');
+    } while (more == 1);
+    if (more < 0)
+        Py_CLEAR(list);
+    return list;
 }
 
 static PyObject *jp_object(jp *j)
 {
     PyObject *dict = PyDict_New(), *k, *v;
-    if (dict == NULL)
-        return NULL;
-    jp_ws(j);
-    if (j->p < j->end && *j->p == '}') {
-        j->p++;
+    int more;
+    if (dict == NULL || jp_empty(j, '}'))
         return dict;
-    }
-    for (;;) {
+    do {
         jp_ws(j);
         if (j->p >= j->end || *j->p != '"') {
             Py_DECREF(dict);
@@ -777,18 +783,11 @@ static PyObject *jp_object(jp *j)
         }
         Py_DECREF(k);
         Py_DECREF(v);
-        jp_ws(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (j->p < j->end && *j->p == '}') {
-            j->p++;
-            return dict;
-        }
-        Py_DECREF(dict);
-        return jp_fail(j, "expected ',' or '}'");
-    }
+        more = jp_next(j, '}');
+    } while (more == 1);
+    if (more < 0)
+        Py_CLEAR(dict);
+    return dict;
 }
 
 static PyObject *jp_value(jp *j)

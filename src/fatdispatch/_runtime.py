@@ -21,8 +21,9 @@ import _thread
 import os
 import sys
 
-from . import (EXTENSION_SUFFIXES, MANIFEST_NAME, PICKS_NAME, PICKS_SCHEMA, VARIANTS_SUFFIX, ModuleSpec, _hits,
-               _registry, cache_root, file_identity, install, load_extension, native, pick_key, read_picks)
+from . import (EXTENSION_SUFFIXES, LINUX_DRIVER_FILES, MANIFEST_NAME, PICKS_NAME, PICKS_SCHEMA, VARIANTS_SUFFIX,
+               ModuleSpec, _hits, _registry, cache_root, file_identity, install, load_extension, native, pick_key,
+               read_picks, register)
 from ._cpu import CPU, Record, normalize_arch, probe_cpu, raw_x86, x86_64_level, x86_from_cpuid
 from ._errors import ConfigError, FatDispatchError, JSONError, ManifestError, NoUsableBuildError
 
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any, Iterable, Mapping
 
-__all__ = ["explain", "loaded", "hardware", "fat_modules", "CPU", "Record", "EXTENSION_SUFFIXES", "MANIFEST_NAME", "VARIANTS_SUFFIX", "ConfigError",
-           "FatDispatchError", "ManifestError", "NoUsableBuildError", "JSONError", "check_elf", "driver_present",
+__all__ = ["explain", "loaded", "hardware", "fat_modules", "CPU", "Record", "EXTENSION_SUFFIXES", "MANIFEST_NAME",
+           "VARIANTS_SUFFIX", "ConfigError", "FatDispatchError", "ManifestError", "NoUsableBuildError", "JSONError", "check_elf", "driver_present",
            "normalize_arch", "probe_cpu", "register", "registered", "x86_64_level", "x86_from_cpuid"]
 
 
@@ -57,48 +58,35 @@ def install_slowly(package: str, modules: Iterable[str] | None) -> None:
     if not paths:
         raise FatDispatchError(f"fatdispatch.install({package!r}): {package} is not an imported package; "
                                "call install(__name__) from the package's __init__.py")
-    if modules is None:
+    if modules is None:  # every <name>.variants folder
         found: list[str] = []
         for p in paths:
             try:
                 found.extend(n[: -len(VARIANTS_SUFFIX)] for n in os.listdir(p) if n.endswith(VARIANTS_SUFFIX))
             except OSError:
                 continue
-        modules = found
-    for mod in modules:
+        return install(package, found)
+    for mod in modules:  # install() found no folder for one of them
         if not any(os.path.isdir(os.path.join(p, mod + VARIANTS_SUFFIX)) for p in paths):
             raise FatDispatchError(f"fatdispatch.install({package!r}): no folder {mod}{VARIANTS_SUFFIX} in "
                                    f"{', '.join(paths)}; the package was built without its variants (rebuild it "
                                    "with fatdispatch's build_ext)", name=f"{package}.{mod}")
-    install(package, modules)
+    return install(package, modules)
 
 
 def registered() -> "dict[str, str]":
     return dict(_registry)
 
 
-def register(fullname: str, variants_dir: str) -> None:
-    """Register one fat module by its variants folder (what :func:`fatdispatch.install` does for each)."""
-    from . import FatFinder, _registry_lock
-
-    with _registry_lock:
-        _registry[fullname] = variants_dir
-        if FatFinder not in sys.meta_path:
-            sys.meta_path.insert(0, FatFinder)
-
-
 def driver_present() -> "tuple[bool, str]":
     """One cheap check for an installed NVIDIA driver, before anything is imported."""
     if sys.platform == "win32":
-        root = os.environ.get("SystemRoot", r"C:\Windows")
-        path = os.path.join(root, "System32", "nvml.dll")
+        files: tuple[str, ...] = (os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvml.dll"),)
     elif sys.platform == "linux":
-        if os.path.exists("/proc/driver/nvidia/version"):
-            return True, ""
-        path = "/usr/lib/wsl/lib/libnvidia-ml.so.1"  # WSL2 has no /proc/driver/nvidia
+        files = LINUX_DRIVER_FILES
     else:
         return False, f"no NVIDIA CUDA driver exists for {sys.platform}"
-    if os.path.exists(path):
+    if any(os.path.exists(f) for f in files):
         return True, ""
     return False, "no NVIDIA driver is installed (/proc/driver/nvidia/version is missing)"
 
@@ -410,6 +398,7 @@ def read_manifest(variants_dir: str) -> Manifest:
         raise ManifestError(path, "", f"not valid JSON: {exc}") from None
     return parse_manifest(data, path)
 
+
 # ============================================================================
 # 3. The feature table and the GPUs
 # ============================================================================
@@ -532,6 +521,7 @@ def forget_gpus() -> None:
     global _gpu_cached
     with _gpu_lock:
         _gpu_cached = None
+
 
 # ============================================================================
 # 4. The decision
@@ -811,6 +801,7 @@ def _describe(v: Variant, score: tuple[int, ...]) -> str:
     level = f"x86-64-v{v.x86_64_level}" if v.x86_64_level else v.arch
     return f"CPU, {level}, priority {v.priority}"
 
+
 # ============================================================================
 # 5. Loading
 #
@@ -883,9 +874,8 @@ def find_spec_fully(fullname: str, variants_dir: str, env: Mapping[str, str]) ->
 
 def create_fully(spec: ModuleSpecT, variants_dir: str) -> ModuleType:
     """Load ``spec.name`` the full way (the cached pick did not load: the failure is retried and recorded)."""
-    selection = decide(spec.name, variants_dir, os.environ)
-    _report_decision(selection, os.environ)
-    return FatLoader(selection, variants_dir).create_module(spec)
+    loader: FatLoader = find_spec_fully(spec.name, variants_dir, os.environ).loader  # type: ignore[assignment]
+    return loader.create_module(spec)
 
 
 def log_decision(fullname: str) -> None:
@@ -933,7 +923,8 @@ def remember_pick(variants_dir: str, selection: Selection, variant: Variant, pat
         return
     root = cache_root(env)
     key = pick_key(variants_dir)
-    if root is None or key is None:
+    identity = file_identity(path)
+    if root is None or key is None or identity is None:
         return
     cache = os.path.join(root, PICKS_NAME)
     data = read_picks(cache) or {"schema": PICKS_SCHEMA, "picks": {}}
@@ -941,17 +932,19 @@ def remember_pick(variants_dir: str, selection: Selection, variant: Variant, pat
     picks.pop(variants_dir, None)
     while len(picks) >= 256:  # oldest first (dicts keep insertion order)
         picks.pop(next(iter(picks)))
-    identity = file_identity(path)
-    if identity is None:
-        return
     picks[variants_dir] = {"key": key, "build": variant.name, "path": path, "identity": identity,
-                           "amx": any(f.startswith("amx") for f in variant.features), "cuda": manifest_has_cuda}
+                           "amx": _uses_amx(variant), "cuda": manifest_has_cuda}
     from ._slowpath import write_private_json
 
     write_private_json(cache, data)
 
 
 # ---------------------------------------------------------------- loading
+
+
+def _uses_amx(variant: Variant) -> bool:
+    """A build that needs AMX tiles, which Linux grants only on request (``_native.request_amx``)."""
+    return any(f.startswith("amx") for f in variant.features)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -1047,7 +1040,7 @@ class FatLoader:
                 failure = f"{path}: {failure}"
             else:
                 try:
-                    module = load_extension(name, path, any(f.startswith("amx") for f in variant.features))
+                    module = load_extension(name, path, _uses_amx(variant))
                 except BaseException as exc:  # noqa: BLE001 - any failure of one build means: try the next
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                         raise
