@@ -14,12 +14,13 @@ import json
 import os
 import sys
 
-from fatdispatch import _cpu, _native
+import _fatdispatch
+from fatdispatch import _cpu
 
 
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "host"
-    raw = _native.x86()
+    raw = _fatdispatch.x86()
     cpu = _cpu.probe_cpu()
     print(json.dumps({
         "name": name,

@@ -1,4 +1,4 @@
-"""Generate src/fatdispatch/_cpu_table.h (the x86 CPUID table compiled into _native) from _data/cpu_features.json.
+"""Generate src/fatdispatch/_cpu_table.h (the x86 CPUID table compiled into _fatdispatch) from _data/cpu_features.json.
 
     python build_tools/gen_cpu_table.py           # rewrite the header
     python build_tools/gen_cpu_table.py --check   # exit 1 if the header is stale (the tests run this)
@@ -16,7 +16,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src" / "fatdispatch"
 TABLE = SRC / "_data" / "cpu_features.json"
 HEADER = SRC / "_cpu_table.h"
-LEAVES = ("1", "7", "7.1", "0x80000001")  # the keys of _native.x86()'s leaf tuples
+LEAVES = ("1", "7", "7.1", "0x80000001")  # the keys of _fatdispatch.x86()'s leaf tuples
 REGS = ("eax", "ebx", "ecx", "edx")
 
 
@@ -24,7 +24,7 @@ def render(table: dict) -> str:
     x86 = table["x86"]
     bits = list(x86["bits"].items())
     if len(bits) > 64:
-        raise SystemExit(f"{len(bits)} x86 features do not fit the 64-bit masks of _native.c; widen them")
+        raise SystemExit(f"{len(bits)} x86 features do not fit the 64-bit masks of _fatdispatch.c; widen them")
     index = {name: i for i, (name, _) in enumerate(bits)}
 
     def mask(names: list[str]) -> str:

@@ -20,4 +20,5 @@ def test_run_all_tiny(tmp_path: Path) -> None:
     assert {"import", "probe", "calls", "pick", "build", "gpu"} <= set(r)
     assert r["import"]["fat_median_s"] > 0 and r["calls"]["module_is_the_extension"] is True
     assert r["pick"]["auto_pick"] in r["pick"]["builds"]
+    assert all(d.get("cold_median_s", 0) > 0 for d in r["probe"].values()), r["probe"]  # every contender ran
     assert "import fatdemo" in p.stdout and "Kernel throughput" in p.stdout

@@ -192,13 +192,26 @@ def test_probe_time_in_process() -> None:
 
 
 def test_compiled_cpu_table_is_generated_from_the_json_table() -> None:
-    """_cpu_table.h (compiled into _native) must be what build_tools/gen_cpu_table.py makes of cpu_features.json."""
+    """_cpu_table.h (compiled into _fatdispatch) must be what build_tools/gen_cpu_table.py makes of cpu_features.json."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, os.path.join(root, "build_tools", "gen_cpu_table.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    from fatdispatch import _native
+    import _fatdispatch
     from fatdispatch._runtime import feature_table
 
     levels = feature_table()["x86"]["levels"]
-    assert list(_native.X86_LEVELS) == [frozenset(levels[n]) for n in ("1", "2", "3", "4")]
+    assert list(_fatdispatch.X86_LEVELS) == [frozenset(levels[n]) for n in ("1", "2", "3", "4")]
+
+
+def test_compiled_probe_agrees_with_the_decoder() -> None:
+    """_fatdispatch.cpu() (the host probe in one call) says what x86_from_cpuid says of the same raw words."""
+    import _fatdispatch
+
+    found = _fatdispatch.cpu()
+    cpu = _cpu.x86_from_cpuid(found["raw"])
+    assert found["arch"] == "x86_64" and found["vendor"] == cpu.vendor
+    assert found["features"] == cpu.features and found["x86_64_level"] == cpu.x86_64_level
+    assert _cpu.masked_notes(found["masked"], found["raw"]) == cpu.notes
+    assert _cpu._probe_cpu_uncached() == cpu
+    assert set(found["raw"]) >= {"max_leaf", "vendor", "1", "7", "7.1", "max_ext", "0x80000001", "xcr0"}

@@ -167,9 +167,9 @@ def test_symlink_leaving_the_variants_folder_is_refused(tmp_path: Path) -> None:
                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
                     max_leaves=20))
 def test_native_json_reader_agrees_with_json(value: Any) -> None:
-    """_native.loads (the import path's JSON reader) against the json module, on text json itself wrote."""
-    from fatdispatch import _native
+    """_fatdispatch.loads (the import path's JSON reader) against the json module, on text json itself wrote."""
+    import _fatdispatch
 
     for text in (json.dumps(value), json.dumps(value, indent=1, ensure_ascii=False)):
-        assert _native.loads(text) == json.loads(text)
-        assert _native.loads(text.encode()) == json.loads(text)
+        assert _fatdispatch.loads(text) == json.loads(text)
+        assert _fatdispatch.loads(text.encode()) == json.loads(text)

@@ -150,14 +150,14 @@ def test_a_pick_from_another_cpu_is_never_reused(demo_venv: Path, setup: tuple[d
 
 def test_pick_key_follows_every_input(tmp_path: Path) -> None:
     import fatdispatch
-    from fatdispatch import _native
+    import _fatdispatch
 
     variants = tmp_path / "_core.variants"
     variants.mkdir()
     (variants / "manifest.json").write_text("{}")
     key = fatdispatch.pick_key(str(variants))
     assert key is not None and key[0] == fatdispatch.__version__
-    raw = _native.x86()
+    raw = _fatdispatch.x86()
     cpu = key[3]
     assert cpu[4:8] == [raw["1"][0], raw["1"][1] & 0x00FFFFFF, *raw["1"][2:]]  # the same words x86() reads
     assert cpu[8:20] == [*raw["7"], *raw["7.1"], *raw["0x80000001"]]

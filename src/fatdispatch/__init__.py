@@ -98,34 +98,34 @@ def install(package: str, modules: "Iterable[str] | None" = None) -> None:
 
 _native_lock = _thread.allocate_lock()
 _helper: "Any" = False  # not tried yet; then the module, or None where it cannot be loaded
+NATIVE = "_fatdispatch"  # the compiled helper: a top-level module, so a bare CPU probe needs no package import
 
 
 def native() -> "Any":
-    """The compiled helper ``fatdispatch._native``, or None.
+    """The compiled helper ``_fatdispatch``, or None.
 
-    Loaded straight from its file next to this one, without a search of the
-    package folder; where it is elsewhere (a frozen application), by a normal import.
+    Loaded straight from its file beside this package (the same installation,
+    never another copy further along ``sys.path``); where it is elsewhere (a
+    frozen application), by a normal import.
     """
     global _helper
     if _helper is not False:
         return _helper
     with _native_lock:
         if _helper is False:
-            name = __name__ + "._native"
-            module = sys.modules.get(name)
+            module = sys.modules.get(NATIVE)
             for suffix in EXTENSION_SUFFIXES if module is None else ():
-                path = os.path.join(_HERE, "_native" + suffix)
+                path = os.path.join(os.path.dirname(_HERE), NATIVE + suffix)
                 try:
-                    module = load_extension(name, path, False)
+                    module = load_extension(NATIVE, path, False)
                 except ImportError:  # missing here, or not loadable: try the next suffix, then a normal import
                     continue
                 module.__file__ = path
-                sys.modules[name] = module
-                globals()["_native"] = module  # as an import sets the submodule on its package
+                sys.modules[NATIVE] = module
                 break
             if module is None:
                 try:
-                    from . import _native as module
+                    import _fatdispatch as module
                 except ImportError:
                     module = None
             _helper = module
@@ -230,7 +230,7 @@ PICKS_SCHEMA = 1
 # An NVIDIA driver on Linux shows one of these (WSL2 has no /proc/driver/nvidia); see _runtime.driver_present.
 LINUX_DRIVER_FILES = ("/proc/driver/nvidia/version", "/usr/lib/wsl/lib/libnvidia-ml.so.1")
 PICKS_NAME = f"picks-v{PICKS_SCHEMA}.json"
-_RUNTIME_FILES = ("_runtime.py", "_cpu.py")  # the decision's code (the CPU table is compiled into _native)
+_RUNTIME_FILES = ("_runtime.py", "_cpu.py")  # the decision's code (the CPU table is compiled into _fatdispatch)
 
 
 def cache_root(env: "Mapping[str, str]") -> "str | None":
@@ -260,7 +260,7 @@ def _pick_cache_usable(env: "Mapping[str, str]") -> bool:
 
 
 def read_picks(path: str) -> "dict[str, Any] | None":
-    """The pick cache's content, or None when missing, insecure (see ``_native.read_private``) or malformed."""
+    """The pick cache's content, or None when missing, insecure (see ``_fatdispatch.read_private``) or malformed."""
     mod = native()
     blob = mod.read_private(path, 1 << 20) if mod is not None and hasattr(mod, "read_private") else None
     try:

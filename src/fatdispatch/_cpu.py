@@ -1,10 +1,12 @@
 """The CPU probe: what this process's CPU can run.
 
 Raw probes ask the hardware or the OS and return plain data (CPUID registers
-and XCR0 from ``_native.x86()``, see :func:`fatdispatch.raw_x86`); pure decoders
-turn raw data into a :class:`CPU` (``x86_from_cpuid`` here; /proc/cpuinfo, auxv
-and sysctl decoders in :mod:`fatdispatch._slowpath`), so tests replay recorded
-machines through them; :func:`probe_cpu` caches the answer for the life of the
+and XCR0 from ``_fatdispatch.x86()``); pure decoders turn raw data into a
+:class:`CPU` (``x86_from_cpuid`` here; /proc/cpuinfo, auxv and sysctl decoders
+in :mod:`fatdispatch._slowpath`), so tests replay recorded machines through
+them.  On x86 the host is probed and decoded in one compiled call,
+``_fatdispatch.cpu()``, which is also the probe for callers that want no
+package import.  :func:`probe_cpu` caches the answer for the life of the
 process.  CPU facts are never cached on disk: valgrind, qemu and VM migration
 change them (the pick cache keys on the raw words instead, re-read every time).
 
@@ -21,7 +23,7 @@ from . import native
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterator, Mapping, TypeVar
+    from typing import Any, Iterable, Iterator, Mapping, TypeVar
 
     _R = TypeVar("_R", bound="Record")
 
@@ -103,7 +105,7 @@ def x86_64_level(features: "frozenset[str] | set[str]", table: "Mapping[str, Any
     Levels nest: with AVX2 masked off, AVX-512F alone does not make a v4 machine.
     Returns 0 when even v1 is incomplete (an emulator with a trimmed CPU model).
     The levels come from the feature table (``table``) or, by default, the copy
-    compiled into ``_native`` from that same table.
+    compiled into ``_fatdispatch`` from that same table.
     """
     levels = getattr(native(), "X86_LEVELS", None) if table is None else None
     if levels is None:
@@ -129,24 +131,28 @@ _MASKED = {
 def x86_from_cpuid(raw: "Mapping[str, Any]", arch: str = "x86_64", source: str = "cpuid") -> "CPU":
     """Turn raw CPUID leaves and XCR0 into a :class:`CPU` (pure).
 
-    ``raw`` has the keys ``_native.x86()`` returns: ``max_leaf``, ``vendor``,
+    ``raw`` has the keys ``_fatdispatch.x86()`` returns: ``max_leaf``, ``vendor``,
     ``"1"``, ``"7"``, ``"7.1"``, ``max_ext``, ``"0x80000001"`` (each a 4-tuple
     EAX, EBX, ECX, EDX), ``xcr0`` (``None`` when OSXSAVE is off), and optionally
     ``amx_permission`` (``False`` when Linux refused AMX state),
     ``macos_avx512`` (macOS enables the AVX-512 state lazily and says so in a
     sysctl) and ``translated`` (Rosetta 2).  The bits are decoded by
-    ``_native.x86_decode`` with the table compiled from ``_data/cpu_features.json``.
+    ``_fatdispatch.x86_decode`` with the table compiled from ``_data/cpu_features.json``.
     """
     mod = native()
     if mod is None or not hasattr(mod, "x86_decode"):
         from ._errors import FatDispatchError
 
-        raise FatDispatchError("fatdispatch's compiled helper (_native) is missing: reinstall fatdispatch")
+        raise FatDispatchError("fatdispatch's compiled helper (_fatdispatch) is missing: reinstall fatdispatch")
     usable, masked = mod.x86_decode(dict(raw))
-    notes = tuple(_MASKED[why].format(names=", ".join(sorted(names)), group=group.upper(), mask=mask,
-                                      xcr0=raw.get("xcr0") or 0) for why, group, mask, names in masked)
     return CPU(arch=arch, features=usable, x86_64_level=x86_64_level(usable) if arch == "x86_64" else None,
-               vendor=str(raw.get("vendor", "")), source=source, notes=notes)
+               vendor=str(raw.get("vendor", "")), source=source, notes=masked_notes(masked, raw))
+
+
+def masked_notes(masked: "Iterable[tuple[str, str, int, frozenset[str]]]", raw: "Mapping[str, Any]") -> "tuple[str, ...]":
+    """One sentence per group of present-but-unusable features (``x86_decode``'s second item)."""
+    return tuple(_MASKED[why].format(names=", ".join(sorted(names)), group=group.upper(), mask=mask,
+                                     xcr0=raw.get("xcr0") or 0) for why, group, mask, names in masked)
 
 
 def normalize_arch(machine: str) -> str:
@@ -164,18 +170,6 @@ def _machine() -> str:
     if sys.platform == "win32":
         return normalize_arch(os.environ.get("PROCESSOR_ARCHITECTURE", "AMD64"))
     return normalize_arch(os.uname().machine)
-
-
-def raw_x86() -> "dict[str, Any] | None":
-    """This process's raw CPUID/XCR0 facts (``_native.x86()`` plus macOS's sysctls), or None off x86."""
-    mod = native()
-    if mod is None or not hasattr(mod, "x86") or _machine() != "x86_64":
-        return None
-    raw: "dict[str, Any]" = mod.x86()
-    if sys.platform == "darwin":
-        raw["translated"] = bool(mod.sysctl("sysctl.proc_translated"))
-        raw["macos_avx512"] = bool(mod.sysctl("hw.optional.avx512f"))
-    return raw
 
 
 _cpu_lock = _thread.allocate_lock()
@@ -197,9 +191,11 @@ def probe_cpu() -> "CPU":
 
 
 def _probe_cpu_uncached() -> "CPU":
-    raw = raw_x86()
-    if raw is not None:
-        return x86_from_cpuid(raw, "x86_64", "cpuid")
+    mod = native()
+    if mod is not None and hasattr(mod, "cpu") and _machine() == "x86_64":
+        found = mod.cpu()  # x86() and x86_decode() in one call; x86_from_cpuid(found["raw"]) gives the same CPU
+        return CPU(arch=found["arch"], features=found["features"], x86_64_level=found["x86_64_level"],
+                   vendor=found["vendor"], source="cpuid", notes=masked_notes(found["masked"], found["raw"]))
     from ._slowpath import probe_other_cpu
 
     return probe_other_cpu(_machine(), native())

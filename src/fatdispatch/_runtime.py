@@ -4,7 +4,7 @@ Loaded on demand (the first import of a fat module in a fresh cache, a
 ``FATDISPATCH_*`` variable, a machine with an NVIDIA driver, ``explain`` and
 ``report``), in sections kept apart as separate layers:
 
-1. JSON reading (``_native.loads``, a strict reader; :mod:`json` where the helper is missing);
+1. JSON reading (``_fatdispatch.loads``, a strict reader; :mod:`json` where the helper is missing);
 2. the manifest (what builds exist and what each requires);
 3. the feature table and the GPU facts: values, driver check, cache reading
    (the NVML query itself is in :mod:`fatdispatch._nvml`);
@@ -24,7 +24,7 @@ import sys
 from . import (EXTENSION_SUFFIXES, LINUX_DRIVER_FILES, MANIFEST_NAME, PICKS_NAME, PICKS_SCHEMA, VARIANTS_SUFFIX,
                ModuleSpec, _hits, _registry, cache_root, file_identity, install, load_extension, native, pick_key,
                read_picks, register)
-from ._cpu import CPU, Record, normalize_arch, probe_cpu, raw_x86, x86_64_level, x86_from_cpuid
+from ._cpu import CPU, Record, normalize_arch, probe_cpu, x86_64_level, x86_from_cpuid
 from ._errors import ConfigError, FatDispatchError, JSONError, ManifestError, NoUsableBuildError
 
 TYPE_CHECKING = False
@@ -115,7 +115,7 @@ def fat_modules(paths: Iterable[str] | None = None) -> dict[str, str]:
 #
 # ``import json`` pulls in :mod:`re` and costs over a millisecond in a fresh
 # interpreter, and ``_json`` alone is a shared library to open; the compiled
-# helper's strict reader (``_native.loads``) is already loaded.
+# helper's strict reader (``_fatdispatch.loads``) is already loaded.
 # ============================================================================
 
 
@@ -943,7 +943,7 @@ def remember_pick(variants_dir: str, selection: Selection, variant: Variant, pat
 
 
 def _uses_amx(variant: Variant) -> bool:
-    """A build that needs AMX tiles, which Linux grants only on request (``_native.request_amx``)."""
+    """A build that needs AMX tiles, which Linux grants only on request (``_fatdispatch.request_amx``)."""
     return any(f.startswith("amx") for f in variant.features)
 
 

@@ -15,7 +15,7 @@ import tempfile
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HIDDEN = ["fatdispatch._errors", "fatdispatch._runtime", "fatdispatch._slowpath", "fatdispatch._nvml", "fatdispatch._native"]
+HIDDEN = ["fatdispatch._errors", "fatdispatch._runtime", "fatdispatch._slowpath", "fatdispatch._nvml", "_fatdispatch"]
 
 
 def _generated_dir() -> str:

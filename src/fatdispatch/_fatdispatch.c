@@ -1,10 +1,14 @@
-/* fatdispatch._native: the raw CPU probe, the x86 feature decoder and a strict JSON reader.
+/* _fatdispatch: fatdispatch's compiled helper: the raw CPU probe, the x86 feature decoder, the pick
+ * cache's raw facts and a strict JSON reader.
  *
+ * A top-level module (not fatdispatch._native) so that a CPU probe costs one
+ * module load and no package import: ``import _fatdispatch; _fatdispatch.cpu()``.
  * Raw probes (x86, hwcaps, sysctl, processor_feature) return plain facts:
  * CPUID registers, XCR0, auxv words, sysctl values.  x86_decode turns raw
  * CPUID/XCR0 facts into usable feature names; it is a pure function of its
- * argument, so tests replay recorded machines through it.  Its table is
- * generated from _data/cpu_features.json (_cpu_table.h).  loads() reads JSON
+ * argument, so tests replay recorded machines through it.  cpu() is the two
+ * together plus the x86-64 level.  The table is generated from
+ * fatdispatch/_data/cpu_features.json (_cpu_table.h).  loads() reads JSON
  * without importing the json package, which costs a millisecond on the import
  * path.  This file is compiled with the compiler's baseline flags and must
  * never need more than the oldest CPU of its architecture.
@@ -32,6 +36,18 @@
 #endif
 #if defined(_WIN32)
 #include <windows.h>
+#endif
+
+#if defined(__APPLE__)
+/* An integer sysctl, or -1 when the name does not exist. */
+static long long fd_sysctl(const char *name)
+{
+    long long value = 0;
+    size_t size = sizeof(value);
+    if (sysctlbyname(name, &value, &size, NULL, 0) != 0)
+        return -1;
+    return size == sizeof(int) ? (long long)*(int *)&value : value;
+}
 #endif
 
 #ifdef FD_X86
@@ -118,6 +134,14 @@ static PyObject *native_x86(PyObject *self, PyObject *unused)
         "max_ext", e0[0], "0x80000001", regs_tuple(e1), "xcr0", xcr0);
     /* AMX tiles present and their XCR0 state enabled: Linux still refuses them until the process asks.
      * Asking is harmless and the answer is a fact about this process, so it is part of the raw probe. */
+#if defined(__APPLE__)
+    /* Rosetta 2 hides AVX-512/AMX behind a CPUID that may say otherwise; macOS enables ZMM state lazily. */
+    if (result != NULL && (PyDict_SetItemString(result, "translated", fd_sysctl("sysctl.proc_translated") > 0 ? Py_True : Py_False) < 0
+                           || PyDict_SetItemString(result, "macos_avx512", fd_sysctl("hw.optional.avx512f") > 0 ? Py_True : Py_False) < 0)) {
+        Py_DECREF(result);
+        return NULL;
+    }
+#endif
     const fd_bit *tile = &FD_BITS[FD_AMX_TILE];
     const unsigned int *tile_regs = tile->leaf == 1 ? r7 : NULL;  /* amx_tile lives in leaf 7 */
     if (result != NULL && tile_regs != NULL && ((tile_regs[tile->reg] >> tile->bit) & 1) && xcr0 != Py_None) {
@@ -156,14 +180,12 @@ static PyObject *native_hwcaps(PyObject *self, PyObject *unused)
 static PyObject *native_sysctl(PyObject *self, PyObject *arg)
 {
     const char *name = PyUnicode_AsUTF8(arg);
-    long long value = 0;
-    size_t size = sizeof(value);
+    long long value;
     if (name == NULL)
         return NULL;
-    if (sysctlbyname(name, &value, &size, NULL, 0) != 0)
+    value = fd_sysctl(name);
+    if (value == -1)
         Py_RETURN_NONE;
-    if (size == sizeof(int))
-        return PyLong_FromLong((long)*(int *)&value);
     return PyLong_FromLongLong(value);
 }
 #endif
@@ -270,12 +292,11 @@ static int add_masked(PyObject *list, native_state *st, const char *why, const c
  * usable: frozenset of the features present in CPUID *and* enabled by the OS.
  * masked: [(why, group, xcr0_mask, features)] for every group of present features that is not usable;
  * why is "osxsave", "xcr0", "amx_permission" or "rosetta". */
-static PyObject *native_x86_decode(PyObject *self, PyObject *raw)
+static PyObject *decode(native_state *st, PyObject *raw, unsigned long long *usable_out)
 {
-    native_state *st = (native_state *)PyModule_GetState(self);
     unsigned long long regs[FD_NLEAVES][4], present = 0, usable, xcr0 = 0;
     int have[FD_NLEAVES], i, has_xcr0, macos_avx512, translated;
-    PyObject *item, *masked, *result;
+    PyObject *item, *masked;
 
     if (!PyDict_Check(raw)) {
         PyErr_SetString(PyExc_TypeError, "x86_decode() takes the dict x86() returns");
@@ -338,11 +359,54 @@ static PyObject *native_x86_decode(PyObject *self, PyObject *raw)
         if (add_masked(masked, st, "rosetta", "", 0, hidden) < 0)
             goto fail;
     }
-    result = Py_BuildValue("(NN)", names_set(st, usable), masked);
-    return result;
+    *usable_out = usable;
+    return masked;
 fail:
     Py_DECREF(masked);
     return NULL;
+}
+
+static PyObject *native_x86_decode(PyObject *self, PyObject *raw)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    unsigned long long usable;
+    PyObject *masked = decode(st, raw, &usable);
+    if (masked == NULL)
+        return NULL;
+    return Py_BuildValue("(NN)", names_set(st, usable), masked);
+}
+
+/* cpu() -> this process's CPU, decoded: {"arch", "vendor", "features" (usable), "x86_64_level" (0-4; None on
+ * 32-bit x86), "masked" (as x86_decode), "raw" (what x86() returns)}.  What fatdispatch.hardware().cpu reports
+ * on x86, for callers that want a probe without importing the package. */
+static PyObject *native_cpu(PyObject *self, PyObject *unused)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    unsigned long long usable;
+    const char *arch;
+    PyObject *raw = native_x86(self, NULL), *masked, *level;
+    if (raw == NULL)
+        return NULL;
+    masked = decode(st, raw, &usable);
+    if (masked == NULL) {
+        Py_DECREF(raw);
+        return NULL;
+    }
+#if defined(__x86_64__) || defined(_M_X64)
+    {
+        long k = 0;
+        while (k < 4 && (usable & FD_LEVELS[k]) == FD_LEVELS[k])
+            k++;  /* levels nest: v4 needs all of v1-v3 too */
+        level = PyLong_FromLong(k);
+    }
+    arch = "x86_64";
+#else
+    Py_INCREF(Py_None);
+    level = Py_None;
+    arch = "i686";
+#endif
+    return Py_BuildValue("{s:s,s:O,s:N,s:N,s:N,s:N}", "arch", arch, "vendor", PyDict_GetItemString(raw, "vendor"),
+                         "features", names_set(st, usable), "x86_64_level", level, "masked", masked, "raw", raw);
 }
 #endif /* FD_X86 */
 
@@ -854,6 +918,7 @@ static PyMethodDef native_methods[] = {
     {"x86", native_x86, METH_NOARGS, "Raw CPUID leaves and XCR0."},
     {"request_amx", native_request_amx, METH_NOARGS, "Ask the kernel for AMX tile state."},
     {"x86_decode", native_x86_decode, METH_O, "(usable features, masked groups) from raw CPUID facts."},
+    {"cpu", native_cpu, METH_NOARGS, "This process's CPU, decoded (x86 and x86_decode together, with the level)."},
 #endif
     {"loads", native_loads, METH_O, "Parse one strict JSON document (bytes or str)."},
 #if defined(__linux__)
@@ -943,11 +1008,11 @@ static PyModuleDef_Slot native_slots[] = {
 };
 
 static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "_native", "fatdispatch's CPU probe, x86 feature decoder and strict JSON reader.",
+    PyModuleDef_HEAD_INIT, "_fatdispatch", "fatdispatch's compiled helper: CPU probe, x86 feature decoder, strict JSON reader.",
     sizeof(native_state), native_methods, native_slots, native_traverse, native_clear, native_free,
 };
 
-PyMODINIT_FUNC PyInit__native(void)
+PyMODINIT_FUNC PyInit__fatdispatch(void)
 {
     return PyModuleDef_Init(&native_module);
 }
