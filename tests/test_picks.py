@@ -30,11 +30,13 @@ print(json.dumps({"variant": fatdemo.variant(), "hit": hit, "record": rec.varian
 
 @pytest.fixture
 def setup(demo_venv: Path, clean_env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
-    """(environment, the copy's variants folder, the cache file) for a private copy of fatdemo."""
+    """(environment, the copy's variants folder, its pick cache file) for a private copy of fatdemo."""
     site = tmp_path / "site"
     shutil.copytree(site_packages(demo_venv) / "fatdemo", site / "fatdemo")
     env = dict(clean_env, PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "cache"))
-    return env, site / "fatdemo" / "_core.variants", tmp_path / "cache" / "fatdispatch" / "picks-v1.json"
+    variants = site / "fatdemo" / "_core.variants"
+    st = variants.stat()
+    return env, variants, tmp_path / "cache" / "fatdispatch" / "picks-v2" / f"{st.st_dev:x}-{st.st_ino:x}.json"
 
 
 def state(py: Path, env: dict[str, str], *args: str) -> dict:
@@ -50,7 +52,8 @@ def test_second_import_is_answered_by_the_cache(demo_venv: Path, setup: tuple[di
     env, variants, cache = setup
     first = state(demo_venv, env)
     assert not first["hit"] and first["ok"]
-    entry = json.loads(cache.read_text())["picks"][str(variants)]
+    entry = json.loads(cache.read_text())
+    assert entry["variants"] == str(variants)
     so = variants / first["variant"] / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
     assert entry["build"] == first["variant"] and entry["path"] == str(so)
     assert oct(cache.stat().st_mode & 0o777) == "0o600"
@@ -88,18 +91,35 @@ def test_untrusted_or_corrupt_cache_is_ignored(demo_venv: Path, setup: tuple[dic
     cache.chmod(0o666)  # another user could have written it
     assert not state(demo_venv, env)["hit"]
     cache.chmod(0o600)
-    data = json.loads(cache.read_text())
-    entry = data["picks"][str(variants)]
+    entry = json.loads(cache.read_text())
     for path in (f"{variants}/../../evil/_core.so", "/usr/lib/x86_64-linux-gnu/libc.so.6", 42):
         entry["path"] = path
-        cache.write_text(json.dumps(data))
+        cache.write_text(json.dumps(entry))
         cache.chmod(0o600)
         after = state(demo_venv, env)
         assert not after["hit"] and after["ok"], path
+    entry["path"] = str(variants / "x86-64-v2" / "_core.so")
+    entry["variants"] = str(variants.parent / "other.variants")  # another folder's entry (a reused inode)
+    cache.write_text(json.dumps(entry))
+    cache.chmod(0o600)
+    assert not state(demo_venv, env)["hit"]
     cache.write_bytes(b"\x00garbage{")
     after = state(demo_venv, env)
     assert not after["hit"] and after["ok"]
     assert state(demo_venv, env)["hit"]  # rewritten
+
+
+def test_cache_keeps_one_small_file_per_folder_and_prunes_the_oldest(tmp_path: Path) -> None:
+    from fatdispatch._slowpath import prune_picks, write_private_json
+
+    folder = tmp_path / "cache" / "fatdispatch" / "picks-v2"
+    for i in range(70):
+        write_private_json(str(folder / f"{i:x}-1.json"), {"n": i})
+        os.utime(folder / f"{i:x}-1.json", ns=(i * 10**9, i * 10**9))
+    assert oct(folder.stat().st_mode & 0o777) == oct(folder.parent.stat().st_mode & 0o777) == "0o700"
+    prune_picks(str(folder), keep=64)
+    left = sorted(json.loads(p.read_text())["n"] for p in folder.iterdir())
+    assert left == list(range(6, 70))  # the 64 most recently written
 
 
 def test_a_replaced_build_file_is_not_trusted(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
@@ -128,7 +148,7 @@ def test_broken_cached_build_falls_back_and_is_forgotten(demo_venv: Path,
     after = json.loads(out.stdout)
     assert after["variant"] != first and after["ok"]
     assert [b for b, _ in after["attempts"]] == [first] and "truncated" in after["attempts"][0][1]
-    assert str(variants) not in json.loads(cache.read_text())["picks"]
+    assert not cache.exists()
 
 
 @pytest.mark.qemu

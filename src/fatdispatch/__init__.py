@@ -213,10 +213,12 @@ class FatFinder:
 # ============================================================================
 # 4. The pick cache
 #
-# One per-user JSON file, ``$XDG_CACHE_HOME/fatdispatch/picks-v1.json``:
-# ``{"schema": 1, "picks": {variants folder: {"key": [...], "build": name,
+# One small per-user JSON file per variants folder,
+# ``$XDG_CACHE_HOME/fatdispatch/picks-v2/<device>-<inode>.json`` (named by the
+# folder's identity, so an import reads one entry however many fat packages the
+# user has): ``{"schema": 2, "variants": folder, "key": [...], "build": name,
 # "path": the file that loaded, "identity": its (mtime, size, inode, device),
-# "amx": bool, "cuda": bool}}}``.  The key holds everything the decision depends
+# "amx": bool, "cuda": bool}``.  The key holds everything the decision depends
 # on besides the environment: this runtime's files, the manifest's identity and
 # the raw CPUID/XCR0 words of this process.  The file is only loaded again while
 # its identity is unchanged, so the ELF check of the full path still holds.  A
@@ -226,10 +228,10 @@ class FatFinder:
 # Linux x86-64 only.
 # ============================================================================
 
-PICKS_SCHEMA = 1
+PICKS_SCHEMA = 2
 # An NVIDIA driver on Linux shows one of these (WSL2 has no /proc/driver/nvidia); see _runtime.driver_present.
 LINUX_DRIVER_FILES = ("/proc/driver/nvidia/version", "/usr/lib/wsl/lib/libnvidia-ml.so.1")
-PICKS_NAME = f"picks-v{PICKS_SCHEMA}.json"
+PICKS_DIR = f"picks-v{PICKS_SCHEMA}"
 _RUNTIME_FILES = ("_runtime.py", "_cpu.py")  # the decision's code (the CPU table is compiled into _fatdispatch)
 
 
@@ -237,6 +239,16 @@ def cache_root(env: "Mapping[str, str]") -> "str | None":
     """fatdispatch's per-user cache folder (``$XDG_CACHE_HOME/fatdispatch``), or None if that is not absolute."""
     base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "fatdispatch") if os.path.isabs(base) else None
+
+
+def pick_file(variants_dir: str, env: "Mapping[str, str]") -> "str | None":
+    """The pick cache's file for ``variants_dir``, or None (no cache folder, or the folder is missing)."""
+    root = cache_root(env)
+    try:
+        st = os.stat(variants_dir)
+    except OSError:
+        return None
+    return None if root is None else os.path.join(root, PICKS_DIR, f"{st.st_dev:x}-{st.st_ino:x}.json")
 
 
 def pick_key(variants_dir: str) -> "list[Any] | None":
@@ -259,27 +271,27 @@ def _pick_cache_usable(env: "Mapping[str, str]") -> bool:
     return not any(k.startswith("FATDISPATCH_") for k in env)
 
 
-def read_picks(path: str) -> "dict[str, Any] | None":
-    """The pick cache's content, or None when missing, insecure (see ``_fatdispatch.read_private``) or malformed."""
+def read_pick(path: str, variants_dir: str) -> "dict[str, Any] | None":
+    """The cache entry at ``path`` if it is for ``variants_dir``; None when missing, insecure (see
+    ``_fatdispatch.read_private``), malformed or another folder's."""
     mod = native()
-    blob = mod.read_private(path, 1 << 20) if mod is not None and hasattr(mod, "read_private") else None
+    blob = mod.read_private(path, 1 << 16) if mod is not None and hasattr(mod, "read_private") else None
     try:
-        data = mod.loads(blob) if blob is not None else None
+        entry = mod.loads(blob) if blob is not None else None
     except ValueError:
         return None
-    if type(data) is not dict or data.get("schema") != PICKS_SCHEMA or type(data.get("picks")) is not dict:
+    if type(entry) is not dict or entry.get("schema") != PICKS_SCHEMA or entry.get("variants") != variants_dir:
         return None
-    return data
+    return entry
 
 
 def cached_pick(variants_dir: str, env: "Mapping[str, str]") -> "dict[str, Any] | None":
     """The cached pick for ``variants_dir`` if every part of its key still holds, else None."""
     if not _pick_cache_usable(env):
         return None
-    root = cache_root(env)
-    data = read_picks(os.path.join(root, PICKS_NAME)) if root is not None else None
-    entry = data["picks"].get(variants_dir) if data is not None else None
-    if type(entry) is not dict or entry.get("key") != pick_key(variants_dir):
+    path = pick_file(variants_dir, env)
+    entry = read_pick(path, variants_dir) if path is not None else None
+    if entry is None or entry.get("key") != pick_key(variants_dir):
         return None
     path = entry.get("path")
     if (type(path) is not str or type(entry.get("build")) is not str or not path.startswith(variants_dir + os.sep)

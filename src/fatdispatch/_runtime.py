@@ -21,9 +21,9 @@ import _thread
 import os
 import sys
 
-from . import (EXTENSION_SUFFIXES, LINUX_DRIVER_FILES, MANIFEST_NAME, PICKS_NAME, PICKS_SCHEMA, VARIANTS_SUFFIX,
-               ModuleSpec, _hits, _registry, cache_root, file_identity, install, load_extension, native, pick_key,
-               read_picks, register)
+from . import (EXTENSION_SUFFIXES, LINUX_DRIVER_FILES, MANIFEST_NAME, PICKS_SCHEMA, VARIANTS_SUFFIX,
+               ModuleSpec, _hits, _registry, cache_root, file_identity, install, load_extension, native, pick_file,
+               pick_key, register)
 from ._cpu import CPU, Record, normalize_arch, probe_cpu, x86_64_level, x86_from_cpuid
 from ._errors import ConfigError, FatDispatchError, JSONError, ManifestError, NoUsableBuildError
 
@@ -921,22 +921,17 @@ def remember_pick(variants_dir: str, selection: Selection, variant: Variant, pat
     manifest_has_cuda = any(c.variant.kind == "cuda" for c in selection.candidates)
     if not _pick_cache_usable(env) or hw.cpu.source != "cpuid" or (manifest_has_cuda and driver_present()[0]):
         return
-    root = cache_root(env)
+    cache = pick_file(variants_dir, env)
     key = pick_key(variants_dir)
     identity = file_identity(path)
-    if root is None or key is None or identity is None:
+    if cache is None or key is None or identity is None:
         return
-    cache = os.path.join(root, PICKS_NAME)
-    data = read_picks(cache) or {"schema": PICKS_SCHEMA, "picks": {}}
-    picks = data["picks"]
-    picks.pop(variants_dir, None)
-    while len(picks) >= 256:  # oldest first (dicts keep insertion order)
-        picks.pop(next(iter(picks)))
-    picks[variants_dir] = {"key": key, "build": variant.name, "path": path, "identity": identity,
-                           "amx": _uses_amx(variant), "cuda": manifest_has_cuda}
-    from ._slowpath import write_private_json
+    from ._slowpath import prune_picks, write_private_json
 
-    write_private_json(cache, data)
+    write_private_json(cache, {"schema": PICKS_SCHEMA, "variants": variants_dir, "key": key, "build": variant.name,
+                               "path": path, "identity": identity, "amx": _uses_amx(variant),
+                               "cuda": manifest_has_cuda})
+    prune_picks(os.path.dirname(cache))
 
 
 # ---------------------------------------------------------------- loading

@@ -286,6 +286,7 @@ def write_private_json(path: str, data: Any) -> None:
 
     directory = os.path.dirname(path)
     try:
+        os.makedirs(os.path.dirname(directory), mode=0o700, exist_ok=True)  # (makedirs' mode is the leaf's only)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if not _secure(os.stat(directory)):
             return
@@ -300,13 +301,28 @@ def write_private_json(path: str, data: Any) -> None:
 
 def forget_pick(variants_dir: str, env: Mapping[str, str]) -> None:
     """Drop the pick cache's entry for ``variants_dir`` (its pick did not load cleanly)."""
-    from . import PICKS_NAME, read_picks
+    from . import pick_file
 
-    root = cache_root(env)
-    path = os.path.join(root, PICKS_NAME) if root else None
-    data = read_picks(path) if path else None
-    if path and data is not None and data["picks"].pop(variants_dir, None) is not None:
-        write_private_json(path, data)
+    path = pick_file(variants_dir, env)
+    try:
+        if path is not None:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def prune_picks(folder: str, keep: int = 64) -> None:
+    """Keep the pick cache to the ``keep`` most recently written entries (one per variants folder; folders of
+    uninstalled packages and old virtual environments are never read again)."""
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.endswith(".json")]
+        if len(entries) <= keep:
+            return
+        entries.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime_ns, reverse=True)
+        for old in entries[keep:]:
+            os.unlink(old.path)
+    except OSError:
+        pass
 
 
 def drop_cache(env: Mapping[str, str]) -> None:
