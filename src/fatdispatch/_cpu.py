@@ -107,7 +107,8 @@ def x86_64_level(features: "frozenset[str] | set[str]", table: "Mapping[str, Any
     The levels come from the feature table (``table``) or, by default, the copy
     compiled into ``_fatdispatch`` from that same table.
     """
-    levels = getattr(native(), "X86_LEVELS", None) if table is None else None
+    mod = native() if table is None else None
+    levels = mod.x86_levels() if mod is not None and hasattr(mod, "x86_levels") else None
     if levels is None:
         from ._runtime import feature_table
 

@@ -2,6 +2,8 @@
 
 #define FD_NLEAVES 4
 static const char *const FD_LEAVES[FD_NLEAVES] = {"1", "7", "7.1", "0x80000001"};
+/* Each leaf's CPUID (leaf, subleaf), as its name says: "7.1" is leaf 7, subleaf 1. */
+static const unsigned int FD_LEAF_IDS[FD_NLEAVES][2] = {{0x1, 0}, {0x7, 0}, {0x7, 1}, {0x80000001, 0}};
 
 #define FD_NBITS 49
 typedef struct { const char *name; unsigned char leaf, reg, bit; } fd_bit;

@@ -80,83 +80,114 @@ static unsigned long long fd_xgetbv0(void)
 /* request_amx() -> bool: ask Linux for permission to use AMX tile data
  * (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).  Without it the first AMX
  * instruction raises SIGILL. */
-static PyObject *native_request_amx(PyObject *self, PyObject *unused)
+static int fd_request_amx(void)
 {
 #if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
-    long rc = syscall(SYS_arch_prctl, 0x1023, 18);
-    return PyBool_FromLong(rc == 0);
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #elif defined(_WIN32) || defined(__APPLE__)
-    Py_RETURN_TRUE;   /* these kernels grant AMX state without a request */
+    return 1;   /* these kernels grant AMX state without a request */
 #else
-    Py_RETURN_FALSE;
+    return 0;
 #endif
 }
-static PyObject *regs_tuple(const unsigned int r[4])
+
+static PyObject *native_request_amx(PyObject *self, PyObject *unused)
 {
-    return Py_BuildValue("(IIII)", r[0], r[1], r[2], r[3]);
+    return PyBool_FromLong(fd_request_amx());
 }
+/* The raw x86 facts of this process, gathered once per call in C (x86(), cpu() and cpu_key() share them). */
+typedef struct {
+    unsigned int r0[4];                     /* leaf 0: max leaf, vendor */
+    unsigned int max_ext;                   /* leaf 0x80000000 EAX */
+    unsigned int regs[FD_NLEAVES][4];       /* the decoded leaves, in FD_LEAVES order (0 where not available) */
+    int has_xcr0;                           /* OSXSAVE set, so XGETBV may run */
+    unsigned long long xcr0;
+    int amx_permission;                     /* -1 not asked (no AMX tile state), 0 refused, 1 granted */
+    int translated, macos_avx512;           /* macOS: Rosetta 2; ZMM state enabled on first use */
+} fd_facts;
 
-/* x86() -> dict of raw CPUID leaves and XCR0 (None when XGETBV is not allowed). */
-static PyObject *native_x86(PyObject *self, PyObject *unused)
+static void fd_read(fd_facts *f)
 {
-    unsigned int r0[4] = {0}, r1[4] = {0}, r7[4] = {0}, r71[4] = {0}, e0[4] = {0}, e1[4] = {0};
-    char vendor[13];
-    PyObject *xcr0, *result;
-
-    fd_cpuid(0, 0, r0);
-    memcpy(vendor, &r0[1], 4);
-    memcpy(vendor + 4, &r0[3], 4);
-    memcpy(vendor + 8, &r0[2], 4);
-    vendor[12] = 0;
-    if (r0[0] >= 1)
-        fd_cpuid(1, 0, r1);
-    if (r0[0] >= 7) {
-        fd_cpuid(7, 0, r7);
-        if (r7[0] >= 1)
-            fd_cpuid(7, 1, r71);
+    int i;
+    memset(f, 0, sizeof(*f));
+    f->amx_permission = -1;
+    fd_cpuid(0, 0, f->r0);
+    {
+        unsigned int e0[4];
+        fd_cpuid(0x80000000u, 0, e0);
+        f->max_ext = e0[0];
     }
-    fd_cpuid(0x80000000u, 0, e0);
-    if (e0[0] >= 0x80000001u)
-        fd_cpuid(0x80000001u, 0, e1);
-
-    if (r1[2] & (1u << 27)) {
-        xcr0 = PyLong_FromUnsignedLongLong(fd_xgetbv0());
-        if (xcr0 == NULL)
-            return NULL;
-    } else {
-        Py_INCREF(Py_None);
-        xcr0 = Py_None;
+    for (i = 0; i < FD_NLEAVES; i++) {
+        unsigned int leaf = FD_LEAF_IDS[i][0], sub = FD_LEAF_IDS[i][1];
+        int base = -1, k;
+        if (leaf > (leaf >= 0x80000000u ? f->max_ext : f->r0[0]))
+            continue;
+        for (k = 0; k < i && sub > 0; k++)   /* a subleaf exists only up to subleaf 0's EAX (leaf 7) */
+            if (FD_LEAF_IDS[k][0] == leaf && FD_LEAF_IDS[k][1] == 0)
+                base = k;
+        if (sub > 0 && (base < 0 || f->regs[base][0] < sub))
+            continue;
+        fd_cpuid(leaf, sub, f->regs[i]);
     }
-    result = Py_BuildValue(
-        "{s:I,s:s,s:N,s:N,s:N,s:I,s:N,s:N}",
-        "max_leaf", r0[0], "vendor", vendor,
-        "1", regs_tuple(r1), "7", regs_tuple(r7), "7.1", regs_tuple(r71),
-        "max_ext", e0[0], "0x80000001", regs_tuple(e1), "xcr0", xcr0);
+    f->has_xcr0 = (f->regs[0][2] >> 27) & 1;   /* CPUID.1:ECX.OSXSAVE (leaf "1" is FD_LEAVES[0]) */
+    if (f->has_xcr0)
+        f->xcr0 = fd_xgetbv0();
     /* AMX tiles present and their XCR0 state enabled: Linux still refuses them until the process asks.
      * Asking is harmless and the answer is a fact about this process, so it is part of the raw probe. */
+    {
+        const fd_bit *tile = &FD_BITS[FD_AMX_TILE];
+        if (((f->regs[tile->leaf][tile->reg] >> tile->bit) & 1) && f->has_xcr0 &&
+            (f->xcr0 & FD_AMX_XCR0_MASK) == FD_AMX_XCR0_MASK)
+            f->amx_permission = fd_request_amx();
+    }
 #if defined(__APPLE__)
     /* Rosetta 2 hides AVX-512/AMX behind a CPUID that may say otherwise; macOS enables ZMM state lazily. */
-    if (result != NULL && (PyDict_SetItemString(result, "translated", fd_sysctl("sysctl.proc_translated") > 0 ? Py_True : Py_False) < 0
-                           || PyDict_SetItemString(result, "macos_avx512", fd_sysctl("hw.optional.avx512f") > 0 ? Py_True : Py_False) < 0)) {
-        Py_DECREF(result);
-        return NULL;
-    }
+    f->translated = fd_sysctl("sysctl.proc_translated") > 0;
+    f->macos_avx512 = fd_sysctl("hw.optional.avx512f") > 0;
 #endif
-    const fd_bit *tile = &FD_BITS[FD_AMX_TILE];
-    const unsigned int *tile_regs = tile->leaf == 1 ? r7 : NULL;  /* amx_tile lives in leaf 7 */
-    if (result != NULL && tile_regs != NULL && ((tile_regs[tile->reg] >> tile->bit) & 1) && xcr0 != Py_None) {
-        unsigned long long x = PyLong_AsUnsignedLongLong(xcr0);
-        if ((x & FD_AMX_XCR0_MASK) == FD_AMX_XCR0_MASK) {
-            PyObject *granted = native_request_amx(self, NULL);
-            if (granted == NULL || PyDict_SetItemString(result, "amx_permission", granted) < 0) {
-                Py_XDECREF(granted);
-                Py_DECREF(result);
-                return NULL;
-            }
-            Py_DECREF(granted);
-        }
+}
+
+/* x86() -> dict of raw CPUID leaves and XCR0 (None when XGETBV is not allowed), plus "amx_permission" where
+ * it was asked and, on macOS, "translated" and "macos_avx512". */
+static PyObject *facts_dict(const fd_facts *fp)
+{
+    const fd_facts f = *fp;
+    char vendor[13];
+    PyObject *result;
+    int i;
+
+    memcpy(vendor, &f.r0[1], 4);
+    memcpy(vendor + 4, &f.r0[3], 4);
+    memcpy(vendor + 8, &f.r0[2], 4);
+    vendor[12] = 0;
+    result = Py_BuildValue("{s:I,s:s,s:I}", "max_leaf", f.r0[0], "vendor", vendor, "max_ext", f.max_ext);
+    for (i = 0; result != NULL && i < FD_NLEAVES; i++) {
+        const unsigned int *r = f.regs[i];
+        PyObject *t = Py_BuildValue("(IIII)", r[0], r[1], r[2], r[3]);
+        if (t == NULL || PyDict_SetItemString(result, FD_LEAVES[i], t) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(t);
+    }
+    if (result != NULL) {
+        PyObject *xcr0 = f.has_xcr0 ? PyLong_FromUnsignedLongLong(f.xcr0) : (Py_INCREF(Py_None), Py_None);
+        if (xcr0 == NULL || PyDict_SetItemString(result, "xcr0", xcr0) < 0 ||
+            (f.amx_permission >= 0 && PyDict_SetItemString(result, "amx_permission", f.amx_permission ? Py_True : Py_False) < 0)
+#if defined(__APPLE__)
+            || PyDict_SetItemString(result, "translated", f.translated ? Py_True : Py_False) < 0
+            || PyDict_SetItemString(result, "macos_avx512", f.macos_avx512 ? Py_True : Py_False) < 0
+#endif
+            )
+            Py_CLEAR(result);
+        Py_XDECREF(xcr0);
     }
     return result;
+}
+
+static PyObject *native_x86(PyObject *self, PyObject *unused)
+{
+    fd_facts f;
+    fd_read(&f);
+    return facts_dict(&f);
 }
 
 #endif /* FD_X86 */
@@ -205,8 +236,9 @@ static PyObject *native_processor_feature(PyObject *self, PyObject *arg)
 
 typedef struct {
 #ifdef FD_X86
-    PyObject *names[FD_NBITS];   /* interned feature names, in table order */
-    PyObject *levels;            /* X86_LEVELS: 4 frozensets, levels 1-4 */
+    PyObject *names[FD_NBITS];   /* interned feature names, in table order; made on first use (not on the
+                                    import path of a cached pick, which needs none) */
+    PyObject *levels;            /* x86_levels(): 4 frozensets, levels 1-4; made on first use */
 #endif
     int unused;
 } native_state;
@@ -214,8 +246,14 @@ typedef struct {
 #ifdef FD_X86
 static PyObject *names_set(native_state *st, unsigned long long mask)
 {
-    PyObject *set = PyFrozenSet_New(NULL);
+    PyObject *set;
     int i;
+    if (st->names[FD_NBITS - 1] == NULL) {
+        for (i = 0; i < FD_NBITS; i++)
+            if (st->names[i] == NULL && (st->names[i] = PyUnicode_InternFromString(FD_BITS[i].name)) == NULL)
+                return NULL;
+    }
+    set = PyFrozenSet_New(NULL);
     if (set == NULL)
         return NULL;
     for (i = 0; i < FD_NBITS; i++) {
@@ -225,6 +263,28 @@ static PyObject *names_set(native_state *st, unsigned long long mask)
         }
     }
     return set;
+}
+
+/* x86_levels() -> the features of the x86-64 psABI levels 1-4 (each level's own), from the compiled table. */
+static PyObject *native_x86_levels(PyObject *self, PyObject *unused)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    int k;
+    if (st->levels == NULL) {
+        PyObject *levels = PyTuple_New(4);
+        for (k = 0; levels != NULL && k < 4; k++) {
+            PyObject *set = names_set(st, FD_LEVELS[k]);
+            if (set == NULL)
+                Py_CLEAR(levels);
+            else
+                PyTuple_SET_ITEM(levels, k, set);
+        }
+        if (levels == NULL)
+            return NULL;
+        st->levels = levels;
+    }
+    Py_INCREF(st->levels);
+    return st->levels;
 }
 
 /* One raw CPUID leaf from the dict: 1 = read, 0 = missing or empty (its features are absent), -1 = error. */
@@ -284,51 +344,58 @@ static int add_masked(PyObject *list, native_state *st, const char *why, const c
     return rc;
 }
 
-/* x86_decode(raw) -> (usable, masked)
- *
- * raw: the dict x86() returns (or a recorded one): leaves "1", "7", "7.1", "0x80000001" as 4 registers,
- * "xcr0" (None when OSXSAVE is off), optional "amx_permission" (False: Linux refused AMX state),
- * "macos_avx512" (macOS enables ZMM state lazily and says so in a sysctl), "translated" (Rosetta 2).
- * usable: frozenset of the features present in CPUID *and* enabled by the OS.
- * masked: [(why, group, xcr0_mask, features)] for every group of present features that is not usable;
- * why is "osxsave", "xcr0", "amx_permission" or "rosetta". */
-static PyObject *decode(native_state *st, PyObject *raw, unsigned long long *usable_out)
+/* The facts of a raw dict (what x86() returns, or a recorded one); -1 with an exception set on a bad dict. */
+static int facts_from_dict(PyObject *raw, fd_facts *f)
 {
-    unsigned long long regs[FD_NLEAVES][4], present = 0, usable, xcr0 = 0;
-    int have[FD_NLEAVES], i, has_xcr0, macos_avx512, translated;
-    PyObject *item, *masked;
-
+    PyObject *item;
+    int i;
     if (!PyDict_Check(raw)) {
         PyErr_SetString(PyExc_TypeError, "x86_decode() takes the dict x86() returns");
-        return NULL;
+        return -1;
     }
+    memset(f, 0, sizeof(*f));
     for (i = 0; i < FD_NLEAVES; i++) {
-        have[i] = raw_leaf(raw, FD_LEAVES[i], regs[i]);
-        if (have[i] < 0)
-            return NULL;
-    }
-    for (i = 0; i < FD_NBITS; i++) {
-        const fd_bit *b = &FD_BITS[i];
-        if (have[b->leaf] && ((regs[b->leaf][b->reg] >> b->bit) & 1))
-            present |= 1ULL << i;
+        unsigned long long regs[4] = {0};
+        int k;
+        if (raw_leaf(raw, FD_LEAVES[i], regs) < 0)
+            return -1;
+        for (k = 0; k < 4; k++)
+            f->regs[i][k] = (unsigned int)regs[k];
     }
     item = PyDict_GetItemString(raw, "xcr0");
-    has_xcr0 = item != NULL && item != Py_None;
-    if (has_xcr0) {
+    f->has_xcr0 = item != NULL && item != Py_None;
+    if (f->has_xcr0) {
         PyObject *n = PyNumber_Index(item);
         if (n == NULL)
-            return NULL;
-        xcr0 = PyLong_AsUnsignedLongLongMask(n);
+            return -1;
+        f->xcr0 = PyLong_AsUnsignedLongLongMask(n);
         Py_DECREF(n);
-        if (xcr0 == (unsigned long long)-1 && PyErr_Occurred())
-            return NULL;
+        if (f->xcr0 == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
     }
-    macos_avx512 = raw_flag(raw, "macos_avx512");
-    translated = raw_flag(raw, "translated");
-    if (macos_avx512 < 0 || translated < 0)
-        return NULL;
+    f->macos_avx512 = raw_flag(raw, "macos_avx512");
+    f->translated = raw_flag(raw, "translated");
+    if (f->macos_avx512 < 0 || f->translated < 0)
+        return -1;
     item = PyDict_GetItemString(raw, "amx_permission");
+    f->amx_permission = item == NULL ? -1 : item == Py_False ? 0 : 1;
+    return 0;
+}
 
+/* Decode facts: the usable features (*usable_out) and the masked groups, a list of
+ * (why, group, xcr0_mask, features) for every group of present features that is not usable;
+ * why is "osxsave", "xcr0", "amx_permission" or "rosetta". */
+static PyObject *decode(native_state *st, const fd_facts *f, unsigned long long *usable_out)
+{
+    unsigned long long present = 0, usable;
+    int i;
+    PyObject *masked;
+
+    for (i = 0; i < FD_NBITS; i++) {
+        const fd_bit *b = &FD_BITS[i];
+        if ((f->regs[b->leaf][b->reg] >> b->bit) & 1)
+            present |= 1ULL << i;
+    }
     masked = PyList_New(0);
     if (masked == NULL)
         return NULL;
@@ -339,13 +406,13 @@ static PyObject *decode(native_state *st, PyObject *raw, unsigned long long *usa
         const char *why = NULL;
         if (hit == 0)
             continue;
-        if (strcmp(s->group, "zmm") == 0 && macos_avx512)
+        if (strcmp(s->group, "zmm") == 0 && f->macos_avx512)
             continue;  /* macOS enables ZMM state on first use; its sysctl says it will */
-        if (!has_xcr0)
+        if (!f->has_xcr0)
             why = "osxsave";
-        else if ((xcr0 & s->xcr0_mask) != s->xcr0_mask)
+        else if ((f->xcr0 & s->xcr0_mask) != s->xcr0_mask)
             why = "xcr0";
-        else if (strcmp(s->group, "amx") == 0 && item == Py_False)
+        else if (strcmp(s->group, "amx") == 0 && f->amx_permission == 0)
             why = "amx_permission";
         if (why != NULL) {
             usable &= ~hit;
@@ -353,7 +420,7 @@ static PyObject *decode(native_state *st, PyObject *raw, unsigned long long *usa
                 goto fail;
         }
     }
-    if (translated && (usable & FD_ROSETTA_HIDDEN)) {
+    if (f->translated && (usable & FD_ROSETTA_HIDDEN)) {
         unsigned long long hidden = usable & FD_ROSETTA_HIDDEN;
         usable &= ~hidden;
         if (add_masked(masked, st, "rosetta", "", 0, hidden) < 0)
@@ -366,12 +433,20 @@ fail:
     return NULL;
 }
 
+/* x86_decode(raw) -> (usable, masked)
+ *
+ * raw: the dict x86() returns (or a recorded one): leaves "1", "7", "7.1", "0x80000001" as 4 registers
+ * (missing or empty: not available), "xcr0" (None when OSXSAVE is off), optional "amx_permission" (False: Linux
+ * refused AMX state), "macos_avx512" (macOS enables ZMM state lazily and says so in a sysctl), "translated"
+ * (Rosetta 2).  usable: frozenset of the features present in CPUID *and* enabled by the OS; masked: as decode().
+ * A pure function of its argument, so tests replay recorded machines through it. */
 static PyObject *native_x86_decode(PyObject *self, PyObject *raw)
 {
     native_state *st = (native_state *)PyModule_GetState(self);
     unsigned long long usable;
-    PyObject *masked = decode(st, raw, &usable);
-    if (masked == NULL)
+    fd_facts f;
+    PyObject *masked;
+    if (facts_from_dict(raw, &f) < 0 || (masked = decode(st, &f, &usable)) == NULL)
         return NULL;
     return Py_BuildValue("(NN)", names_set(st, usable), masked);
 }
@@ -384,10 +459,13 @@ static PyObject *native_cpu(PyObject *self, PyObject *unused)
     native_state *st = (native_state *)PyModule_GetState(self);
     unsigned long long usable;
     const char *arch;
-    PyObject *raw = native_x86(self, NULL), *masked, *level;
+    fd_facts f;
+    PyObject *raw, *masked, *level;
+    fd_read(&f);
+    raw = facts_dict(&f);
     if (raw == NULL)
         return NULL;
-    masked = decode(st, raw, &usable);
+    masked = decode(st, &f, &usable);
     if (masked == NULL) {
         Py_DECREF(raw);
         return NULL;
@@ -508,25 +586,17 @@ static PyObject *native_read_private(PyObject *self, PyObject *args)
  * masked: not a feature, and different on every core. */
 static PyObject *native_cpu_key(PyObject *self, PyObject *unused)
 {
-    PyObject *raw = native_x86(self, NULL), *out;
-    static const char *const leaves[] = {"1", "7", "7.1", "0x80000001"};
-    unsigned int r0[4];
+    fd_facts f;
+    PyObject *out;
     int i, k;
-    if (raw == NULL)
-        return NULL;
-    fd_cpuid(0, 0, r0);
-    out = Py_BuildValue("[IIII]", r0[0], r0[1], r0[2], r0[3]);
-    for (i = 0; out != NULL && i < 4; i++) {
-        unsigned long long regs[4];
-        if (raw_leaf(raw, leaves[i], regs) < 0) {
-            Py_CLEAR(out);
-            break;
-        }
+    fd_read(&f);
+    out = PyList_New(0);
+    for (i = -1; out != NULL && i < FD_NLEAVES; i++) {
         for (k = 0; k < 4; k++) {
-            unsigned long long v = regs[k];
+            unsigned long long v = i < 0 ? f.r0[k] : f.regs[i][k];
             PyObject *n;
             if (i == 0 && k == 1)
-                v &= 0x00FFFFFFULL;
+                v &= 0x00FFFFFFULL;   /* leaf 1 EBX: bits 24-31 are the APIC id of the core this runs on */
             n = PyLong_FromUnsignedLongLong(v);
             if (n == NULL || PyList_Append(out, n) < 0) {
                 Py_XDECREF(n);
@@ -537,17 +607,17 @@ static PyObject *native_cpu_key(PyObject *self, PyObject *unused)
         }
     }
     if (out != NULL) {
-        PyObject *max_ext = PyDict_GetItemString(raw, "max_ext"), *xcr0 = PyDict_GetItemString(raw, "xcr0");
-        PyObject *amx = PyDict_GetItemString(raw, "amx_permission");
-        PyObject *tail[3];
-        tail[0] = max_ext ? max_ext : Py_None;
-        tail[1] = (xcr0 && xcr0 != Py_None) ? xcr0 : Py_None;
-        tail[2] = amx == NULL ? Py_None : amx;
-        for (k = 0; k < 3 && out != NULL; k++)
-            if (PyList_Append(out, tail[k]) < 0)
-                Py_CLEAR(out);
+        PyObject *tail = Py_BuildValue("[IOO]", f.max_ext, Py_None, f.amx_permission < 0 ? Py_None
+                                       : f.amx_permission ? Py_True : Py_False);
+        if (tail != NULL && f.has_xcr0) {
+            PyObject *x = PyLong_FromUnsignedLongLong(f.xcr0);
+            if (x == NULL || PyList_SetItem(tail, 1, x) < 0)
+                Py_CLEAR(tail);
+        }
+        if (tail == NULL || PyList_SetSlice(out, 4 + 4 * FD_NLEAVES, 4 + 4 * FD_NLEAVES, tail) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(tail);
     }
-    Py_DECREF(raw);
     return out;
 }
 #endif
@@ -918,6 +988,7 @@ static PyMethodDef native_methods[] = {
     {"x86", native_x86, METH_NOARGS, "Raw CPUID leaves and XCR0."},
     {"request_amx", native_request_amx, METH_NOARGS, "Ask the kernel for AMX tile state."},
     {"x86_decode", native_x86_decode, METH_O, "(usable features, masked groups) from raw CPUID facts."},
+    {"x86_levels", native_x86_levels, METH_NOARGS, "The features of the x86-64 levels 1-4."},
     {"cpu", native_cpu, METH_NOARGS, "This process's CPU, decoded (x86 and x86_decode together, with the level)."},
 #endif
     {"loads", native_loads, METH_O, "Parse one strict JSON document (bytes or str)."},
@@ -939,35 +1010,6 @@ static PyMethodDef native_methods[] = {
 #endif
     {NULL, NULL, 0, NULL}
 };
-
-static int native_exec(PyObject *module)
-{
-    native_state *st = (native_state *)PyModule_GetState(module);
-#ifdef FD_X86
-    int i, k;
-    for (i = 0; i < FD_NBITS; i++) {
-        st->names[i] = PyUnicode_InternFromString(FD_BITS[i].name);
-        if (st->names[i] == NULL)
-            return -1;
-    }
-    st->levels = PyTuple_New(4);
-    if (st->levels == NULL)
-        return -1;
-    for (k = 0; k < 4; k++) {
-        PyObject *set = names_set(st, FD_LEVELS[k]);
-        if (set == NULL)
-            return -1;
-        PyTuple_SET_ITEM(st->levels, k, set);
-    }
-    Py_INCREF(st->levels);
-    if (PyModule_AddObject(module, "X86_LEVELS", st->levels) < 0) {
-        Py_DECREF(st->levels);
-        return -1;
-    }
-#endif
-    (void)st;
-    return 0;
-}
 
 static int native_traverse(PyObject *module, visitproc visit, void *arg)
 {
@@ -1003,7 +1045,6 @@ static void native_free(void *module)
 }
 
 static PyModuleDef_Slot native_slots[] = {
-    {Py_mod_exec, native_exec},
     {0, NULL}
 };
 
