@@ -192,3 +192,63 @@ def test_pick_key_follows_every_input(tmp_path: Path) -> None:
     (variants / "manifest.json").write_text("{} ")
     assert fatdispatch.pick_key(str(variants)) != key
     assert fatdispatch.pick_key(str(tmp_path / "missing")) is None
+
+
+def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_fatdispatch.cached_pick (the import path's whole check) against entries written where, and as,
+    _runtime writes them; it reads the process environment itself, so the variables are set for real here."""
+    import _fatdispatch
+
+    from fatdispatch._runtime import file_identity, pick_file
+
+    for name in [k for k in os.environ if k.startswith("FATDISPATCH_")]:
+        monkeypatch.delenv(name)
+    variants = tmp_path / "pkg" / "_core.variants"
+    (variants / "v2").mkdir(parents=True)
+    so = variants / "v2" / "_core.so"
+    so.write_bytes(b"\x7fELF")
+    (variants / "manifest.json").write_text("{}")
+    paths = (str(variants / "manifest.json"), str(so))
+    driver = tmp_path / "nvidia-version"
+
+    def lookup(drivers: tuple[str, ...] = ()) -> object:
+        return _fatdispatch.cached_pick(str(variants), paths, "1.0", ".so", "picks-v2", 2, drivers)
+
+    def write(env: dict[str, str], **changes: object) -> dict[str, object]:
+        entry = {"schema": 2, "variants": str(variants), "key": _fatdispatch.pick_key(paths, "1.0", ".so"),
+                 "build": "v2", "path": str(so), "identity": file_identity(str(so)), "amx": False, "cuda": False}
+        entry.update(changes)
+        target = pick_file(str(variants), env)
+        assert target is not None
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        Path(target).write_text(json.dumps(entry))
+        os.chmod(target, 0o600)
+        return entry
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    entry = write({"HOME": str(home)})  # ~/.cache/fatdispatch/picks-v2/...
+    assert lookup() == entry
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert lookup() is None
+    entry = write({"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert lookup() == entry
+    monkeypatch.setenv("FATDISPATCH_ANYTHING", "")
+    assert lookup() is None
+    monkeypatch.delenv("FATDISPATCH_ANYTHING")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    driver.write_text("NVRM")
+    assert lookup((str(driver),)) == entry  # no CUDA builds: a driver does not matter
+    entry = write(env, cuda=True)
+    assert lookup((str(driver),)) is None and lookup((str(tmp_path / "none"),)) == entry
+    for bad in ({"schema": 10**30}, {"schema": True}, {"variants": str(tmp_path)}, {"key": []}, {"build": 1},
+                {"path": str(variants / "v2" / ".." / "v2" / "_core.so")}, {"path": str(tmp_path / "x.so")},
+                {"identity": [0, 0, 0, 0]}):
+        write(env, **bad)
+        assert lookup() is None, bad
+    write(env)
+    (variants / "manifest.json").write_text("{} ")  # the key follows the manifest
+    assert lookup() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: no cache, as cache_root says
+    assert lookup() is None and pick_file(str(variants), {"XDG_CACHE_HOME": "relative/cache"}) is None

@@ -166,7 +166,7 @@ class FatFinder:
         variants_dir = _registry.get(fullname)
         if variants_dir is None:
             return None
-        pick = cached_pick(variants_dir, os.environ)
+        pick = cached_pick(variants_dir)
         if pick is None:
             from ._runtime import find_spec_fully
 
@@ -180,12 +180,10 @@ class FatFinder:
         """Load the cached pick; anything unexpected hands over to the full path (which records why)."""
         variants_dir, pick = spec.loader_state
         build, path = pick["build"], pick["path"]
-        module = None
-        if file_identity(path) == pick.get("identity"):  # the very file that loaded before, untouched
-            try:
-                module = load_extension(spec.name, path, bool(pick.get("amx")))
-            except Exception:  # noqa: BLE001 - the full path retries, records the failure and falls back
-                module = None
+        try:  # the very file that loaded before, untouched (cached_pick compared its identity)
+            module = load_extension(spec.name, path, bool(pick.get("amx")))
+        except Exception:  # noqa: BLE001 - the full path retries, records the failure and falls back
+            module = None
         if module is None:
             from ._runtime import create_fully
 
@@ -235,85 +233,40 @@ PICKS_DIR = f"picks-v{PICKS_SCHEMA}"
 _RUNTIME_FILES = ("_runtime.py", "_cpu.py")  # the decision's code (the CPU table is compiled into _fatdispatch)
 
 
-def cache_root(env: "Mapping[str, str]") -> "str | None":
-    """fatdispatch's per-user cache folder (``$XDG_CACHE_HOME/fatdispatch``), or None if that is not absolute."""
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fatdispatch") if os.path.isabs(base) else None
-
-
-def pick_file(variants_dir: str, env: "Mapping[str, str]") -> "str | None":
-    """The pick cache's file for ``variants_dir``, or None (no cache folder, or the folder is missing)."""
-    root = cache_root(env)
-    try:
-        st = os.stat(variants_dir)
-    except OSError:
-        return None
-    return None if root is None else os.path.join(root, PICKS_DIR, f"{st.st_dev:x}-{st.st_ino:x}.json")
+def _key_paths(variants_dir: str, mod: "Any") -> "tuple[str, ...]":
+    return (*(os.path.join(_HERE, f) for f in _RUNTIME_FILES), mod.__file__, os.path.join(variants_dir, MANIFEST_NAME))
 
 
 def pick_key(variants_dir: str) -> "list[Any] | None":
     """What must be unchanged for a cached pick to hold, or None when it cannot be known here."""
     mod = native()
-    if mod is None or not hasattr(mod, "cpu_key"):
+    if mod is None or not hasattr(mod, "pick_key"):
         return None  # the pick cache needs Linux x86-64 and the compiled helper
-    ids = mod.file_ids((*(os.path.join(_HERE, f) for f in _RUNTIME_FILES), mod.__file__,
-                        os.path.join(variants_dir, MANIFEST_NAME)))
-    return None if ids is None else [__version__, EXTENSION_SUFFIXES[0], ids, mod.cpu_key()]
+    key: "list[Any] | None" = mod.pick_key(_key_paths(variants_dir, mod), __version__, EXTENSION_SUFFIXES[0])
+    return key
 
 
-def _pick_cache_usable(env: "Mapping[str, str]") -> bool:
-    """Linux, and no ``FATDISPATCH_*`` variable set (those always take the full path)."""
-    if sys.platform != "linux":
-        return False
-    raw = getattr(env, "_data", None)  # os.environ's encoded copy: one search instead of decoding every name
-    if type(raw) is dict and all(type(k) is bytes for k in raw):
-        return b"\0FATDISPATCH_" not in b"\0" + b"\0".join(raw)
-    return not any(k.startswith("FATDISPATCH_") for k in env)
+def cached_pick(variants_dir: str) -> "dict[str, Any] | None":
+    """The cached pick for ``variants_dir`` if everything it rests on still holds, else None.
 
-
-def read_pick(path: str, variants_dir: str) -> "dict[str, Any] | None":
-    """The cache entry at ``path`` if it is for ``variants_dir``; None when missing, insecure (see
-    ``_fatdispatch.read_private``), malformed or another folder's."""
+    The whole check is one call into the compiled helper (``_fatdispatch.cached_pick`` says what it checks);
+    the entries are written by ``_runtime.remember_pick``.
+    """
     mod = native()
-    blob = mod.read_private(path, 1 << 16) if mod is not None and hasattr(mod, "read_private") else None
+    if mod is None or not hasattr(mod, "cached_pick"):
+        return None
     try:
-        entry = mod.loads(blob) if blob is not None else None
-    except ValueError:
+        entry: "dict[str, Any] | None" = mod.cached_pick(variants_dir, _key_paths(variants_dir, mod), __version__,
+                                                         EXTENSION_SUFFIXES[0], PICKS_DIR, PICKS_SCHEMA,
+                                                         LINUX_DRIVER_FILES)
+    except Exception:  # noqa: BLE001 - a cache must never break an import: the full path decides instead
         return None
-    if type(entry) is not dict or entry.get("schema") != PICKS_SCHEMA or entry.get("variants") != variants_dir:
-        return None
-    return entry
-
-
-def cached_pick(variants_dir: str, env: "Mapping[str, str]") -> "dict[str, Any] | None":
-    """The cached pick for ``variants_dir`` if every part of its key still holds, else None."""
-    if not _pick_cache_usable(env):
-        return None
-    path = pick_file(variants_dir, env)
-    entry = read_pick(path, variants_dir) if path is not None else None
-    if entry is None or entry.get("key") != pick_key(variants_dir):
-        return None
-    path = entry.get("path")
-    if (type(path) is not str or type(entry.get("build")) is not str or not path.startswith(variants_dir + os.sep)
-            or ".." in path.split(os.sep)):
-        return None
-    if entry.get("cuda") and any(os.path.exists(f) for f in LINUX_DRIVER_FILES):
-        return None  # an NVIDIA driver: GPU facts decide, so the full path asks NVML (or its own cache)
     return entry
 
 
 # ============================================================================
 # 5. Loading one file (checked first by the full path, see ``_runtime.check_elf``)
 # ============================================================================
-
-
-def file_identity(path: str) -> "list[int] | None":
-    """A regular file's (mtime, size, inode, device), or None (missing, a symlink, not a file)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev] if st.st_mode & 0o170000 == 0o100000 else None
 
 
 def load_extension(name: str, path: str, amx: bool) -> "ModuleType":

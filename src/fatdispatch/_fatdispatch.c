@@ -542,16 +542,12 @@ static PyObject *native_file_ids(PyObject *self, PyObject *paths)
 
 /* read_private(path, limit) -> bytes, or None when the file is missing, not a regular file, a symlink,
  * not owned by this user, writable by group or others, or larger than limit. */
-static PyObject *native_read_private(PyObject *self, PyObject *args)
+static PyObject *read_private(const char *path, Py_ssize_t limit)
 {
-    PyObject *bytes = NULL, *data;
-    Py_ssize_t limit, got = 0;
+    PyObject *data;
+    Py_ssize_t got = 0;
     struct stat st;
-    int fd;
-    if (!PyArg_ParseTuple(args, "O&n", PyUnicode_FSConverter, &bytes, &limit))
-        return NULL;
-    fd = open(PyBytes_AS_STRING(bytes), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    Py_DECREF(bytes);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         Py_RETURN_NONE;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) ||
@@ -575,6 +571,17 @@ static PyObject *native_read_private(PyObject *self, PyObject *args)
         Py_DECREF(data);
         Py_RETURN_NONE;  /* changed while read: no cache */
     }
+    return data;
+}
+
+static PyObject *native_read_private(PyObject *self, PyObject *args)
+{
+    PyObject *bytes = NULL, *data;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O&n", PyUnicode_FSConverter, &bytes, &limit))
+        return NULL;
+    data = read_private(PyBytes_AS_STRING(bytes), limit);
+    Py_DECREF(bytes);
     return data;
 }
 #endif
@@ -983,6 +990,181 @@ static PyObject *native_loads(PyObject *self, PyObject *arg)
     return v;
 }
 
+#if defined(FD_X86) && defined(__linux__)
+/* ------------------------------------------------------------------ the pick cache's lookup
+ *
+ * The whole check of a cached pick (fatdispatch/__init__.py, section 4) in one call: on the import path every
+ * line of Python costs several times its warm price, and this runs on every import of a fat module. */
+
+extern char **environ;
+
+/* [version, suffix, file_ids(paths), cpu_key()], or None when a path cannot be stat'ed. */
+static PyObject *make_key(PyObject *self, PyObject *paths, PyObject *version, PyObject *suffix)
+{
+    PyObject *ids = native_file_ids(self, paths), *cpu;
+    if (ids == NULL || ids == Py_None)
+        return ids;
+    cpu = native_cpu_key(self, NULL);
+    if (cpu == NULL) {
+        Py_DECREF(ids);
+        return NULL;
+    }
+    return Py_BuildValue("[OONN]", version, suffix, ids, cpu);
+}
+
+/* pick_key(paths, version, suffix) -> the key a pick is cached under (see make_key). */
+static PyObject *native_pick_key(PyObject *self, PyObject *args)
+{
+    PyObject *paths, *version, *suffix;
+    if (!PyArg_ParseTuple(args, "OUU", &paths, &version, &suffix))
+        return NULL;
+    return make_key(self, paths, version, suffix);
+}
+
+/* 1 when entry[name] exists and equals want, 0 when not, -1 on error. */
+static int item_equals(PyObject *entry, const char *name, PyObject *want)
+{
+    PyObject *have = PyDict_GetItemString(entry, name);
+    return have == NULL ? 0 : PyObject_RichCompareBool(have, want, Py_EQ);
+}
+
+/* [mtime_ns, size, inode, device] of a regular file (lstat: a symlink is not one), or None. */
+static PyObject *identity(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        Py_RETURN_NONE;
+    return Py_BuildValue("[LLKK]", (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec,
+                         (long long)st.st_size, (unsigned long long)st.st_ino, (unsigned long long)st.st_dev);
+}
+
+/* cached_pick(variants_dir, key_paths, version, suffix, folder_name, schema, driver_files) -> entry or None
+ *
+ * None unless: no FATDISPATCH_* variable is set; the entry file ($XDG_CACHE_HOME or ~/.cache, then
+ * fatdispatch/<folder_name>/<device>-<inode>.json of variants_dir) is private to this user and holds schema
+ * `schema` for this very folder; its key equals pick_key(key_paths, version, suffix); its path is a str inside
+ * variants_dir (no ".."), its build a str; the file at path is the regular file of the recorded identity; and,
+ * for a module with CUDA builds, none of driver_files exists (GPU facts decide there). */
+static PyObject *native_cached_pick(PyObject *self, PyObject *args)
+{
+    PyObject *variants, *key_paths, *version, *suffix, *drivers, *vbytes = NULL, *data = NULL, *entry = NULL;
+    PyObject *key = NULL, *want = NULL, *path, *build, *pbytes = NULL, *prefix = NULL, *parts = NULL, *dots = NULL;
+    const char *folder, *base, *home;
+    char file[4096];
+    int schema, ok = 0, n;
+    char **e;
+    struct stat st;
+    Py_ssize_t i;
+
+    if (!PyArg_ParseTuple(args, "UOUUsiO", &variants, &key_paths, &version, &suffix, &folder, &schema, &drivers))
+        return NULL;
+    for (e = environ; e != NULL && *e != NULL; e++)
+        if (strncmp(*e, "FATDISPATCH_", 12) == 0)
+            Py_RETURN_NONE;   /* every FATDISPATCH_* variable takes the full path */
+    base = getenv("XDG_CACHE_HOME");
+    home = getenv("HOME");
+    if (!PyUnicode_FSConverter(variants, &vbytes))
+        return NULL;
+    if (stat(PyBytes_AS_STRING(vbytes), &st) != 0)
+        goto done;
+    if (base != NULL && *base)
+        n = base[0] == '/' ? snprintf(file, sizeof(file), "%s/fatdispatch/%s/%lx-%lx.json", base, folder,
+                                      (unsigned long)st.st_dev, (unsigned long)st.st_ino) : -1;
+    else
+        n = home != NULL && home[0] == '/' ? snprintf(file, sizeof(file), "%s/.cache/fatdispatch/%s/%lx-%lx.json",
+                                                      home, folder, (unsigned long)st.st_dev,
+                                                      (unsigned long)st.st_ino) : -1;
+    if (n < 0 || n >= (int)sizeof(file))
+        goto done;
+    data = read_private(file, 1 << 16);
+    if (data == NULL || data == Py_None)
+        goto done;
+    entry = native_loads(self, data);
+    if (entry == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            goto done;
+        PyErr_Clear();  /* a corrupt entry is a miss */
+        goto done;
+    }
+    if (!PyDict_CheckExact(entry))
+        goto done;
+    {
+        PyObject *sch = PyDict_GetItemString(entry, "schema");
+        int overflow = 0;
+        if (sch == NULL || !PyLong_CheckExact(sch) || PyLong_AsLongAndOverflow(sch, &overflow) != schema || overflow)
+            goto done;
+    }
+    if ((n = item_equals(entry, "variants", variants)) <= 0)
+        goto done;
+    key = make_key(self, key_paths, version, suffix);
+    if (key == NULL || key == Py_None || (n = item_equals(entry, "key", key)) <= 0)
+        goto done;
+    path = PyDict_GetItemString(entry, "path");
+    build = PyDict_GetItemString(entry, "build");
+    if (path == NULL || build == NULL || !PyUnicode_CheckExact(path) || !PyUnicode_CheckExact(build))
+        goto done;
+    prefix = PyUnicode_FromFormat("%U/", variants);
+    if (prefix == NULL || (n = (int)PyUnicode_Tailmatch(path, prefix, 0, PY_SSIZE_T_MAX, -1)) <= 0)
+        goto done;
+    dots = PyUnicode_FromString("/");
+    parts = dots == NULL ? NULL : PyUnicode_Split(path, dots, -1);
+    Py_CLEAR(dots);
+    dots = PyUnicode_FromString("..");
+    if (parts == NULL || dots == NULL || (n = PySequence_Contains(parts, dots)) != 0)
+        goto done;
+    if (!PyUnicode_FSConverter(path, &pbytes))
+        goto done;
+    want = identity(PyBytes_AS_STRING(pbytes));
+    if (want == NULL || want == Py_None || (n = item_equals(entry, "identity", want)) <= 0)
+        goto done;
+    {
+        PyObject *cuda = PyDict_GetItemString(entry, "cuda");
+        int has_cuda = cuda == NULL ? 0 : PyObject_IsTrue(cuda);
+        if (has_cuda < 0)
+            goto done;
+        if (has_cuda) {
+            PyObject *seq = PySequence_Fast(drivers, "driver_files must be a sequence of paths");
+            if (seq == NULL)
+                goto done;
+            for (i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+                PyObject *b = NULL;
+                int found;
+                if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &b)) {
+                    Py_DECREF(seq);
+                    goto done;
+                }
+                found = access(PyBytes_AS_STRING(b), F_OK) == 0;
+                Py_DECREF(b);
+                if (found) {
+                    Py_DECREF(seq);
+                    goto done;   /* an NVIDIA driver: the full path asks NVML (or its own cache) */
+                }
+            }
+            Py_DECREF(seq);
+        }
+    }
+    ok = 1;
+done:
+    Py_XDECREF(vbytes);
+    Py_XDECREF(data);
+    Py_XDECREF(key);
+    Py_XDECREF(want);
+    Py_XDECREF(pbytes);
+    Py_XDECREF(prefix);
+    Py_XDECREF(parts);
+    Py_XDECREF(dots);
+    if (PyErr_Occurred()) {
+        Py_XDECREF(entry);
+        return NULL;
+    }
+    if (!ok) {
+        Py_XDECREF(entry);
+        Py_RETURN_NONE;
+    }
+    return entry;
+}
+#endif
+
 static PyMethodDef native_methods[] = {
 #ifdef FD_X86
     {"x86", native_x86, METH_NOARGS, "Raw CPUID leaves and XCR0."},
@@ -998,6 +1180,8 @@ static PyMethodDef native_methods[] = {
 #endif
 #if defined(FD_X86) && defined(__linux__)
     {"cpu_key", native_cpu_key, METH_NOARGS, "The raw CPUID/XCR0 words, APIC id masked."},
+    {"pick_key", native_pick_key, METH_VARARGS, "[version, suffix, file_ids(paths), cpu_key()], or None."},
+    {"cached_pick", native_cached_pick, METH_VARARGS, "The pick cache's entry for a variants folder, or None."},
 #endif
 #if defined(__linux__)
     {"hwcaps", native_hwcaps, METH_NOARGS, "(AT_HWCAP, AT_HWCAP2)."},

@@ -22,8 +22,7 @@ import os
 import sys
 
 from . import (EXTENSION_SUFFIXES, LINUX_DRIVER_FILES, MANIFEST_NAME, PICKS_SCHEMA, VARIANTS_SUFFIX,
-               ModuleSpec, _hits, _registry, cache_root, file_identity, install, load_extension, native, pick_file,
-               pick_key, register)
+               PICKS_DIR, ModuleSpec, _hits, _registry, install, load_extension, native, pick_key, register)
 from ._cpu import CPU, Record, normalize_arch, probe_cpu, x86_64_level, x86_from_cpuid
 from ._errors import ConfigError, FatDispatchError, JSONError, ManifestError, NoUsableBuildError
 
@@ -904,7 +903,40 @@ def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
         logging.getLogger("fatdispatch").debug("%s", text)
 
 
-# ---------------------------------------------------------------- the pick cache (writing)
+# ---------------------------------------------------------------- the pick cache (writing; read by fatdispatch.cached_pick)
+
+
+def cache_root(env: Mapping[str, str]) -> str | None:
+    """fatdispatch's per-user cache folder (``$XDG_CACHE_HOME/fatdispatch``), or None if that is not absolute.
+
+    ``_fatdispatch.cached_pick`` finds the pick cache the same way (``test_picks`` checks that they agree)."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fatdispatch") if os.path.isabs(base) else None
+
+
+def pick_file(variants_dir: str, env: Mapping[str, str]) -> str | None:
+    """The pick cache's file for ``variants_dir``, or None (no cache folder, or the folder is missing)."""
+    root = cache_root(env)
+    try:
+        st = os.stat(variants_dir)
+    except OSError:
+        return None
+    return None if root is None else os.path.join(root, PICKS_DIR, f"{st.st_dev:x}-{st.st_ino:x}.json")
+
+
+def pick_cache_usable(env: Mapping[str, str]) -> bool:
+    """Linux, and no ``FATDISPATCH_*`` variable set (those always take the full path)."""
+    return sys.platform == "linux" and not any(k.startswith("FATDISPATCH_") for k in env)
+
+
+def file_identity(path: str) -> list[int] | None:
+    """A regular file's (mtime, size, inode, device), or None (missing, a symlink, not a file)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev] if st.st_mode & 0o170000 == 0o100000 else None
+
 
 
 def remember_pick(variants_dir: str, selection: Selection, variant: Variant, path: str,
@@ -915,11 +947,9 @@ def remember_pick(variants_dir: str, selection: Selection, variant: Variant, pat
     the CPU facts from CPUID, and no CUDA build on a machine with an NVIDIA driver.
     Any I/O problem just means no cache.
     """
-    from . import _pick_cache_usable
-
     hw = selection.hardware
     manifest_has_cuda = any(c.variant.kind == "cuda" for c in selection.candidates)
-    if not _pick_cache_usable(env) or hw.cpu.source != "cpuid" or (manifest_has_cuda and driver_present()[0]):
+    if not pick_cache_usable(env) or hw.cpu.source != "cpuid" or (manifest_has_cuda and driver_present()[0]):
         return
     cache = pick_file(variants_dir, env)
     key = pick_key(variants_dir)

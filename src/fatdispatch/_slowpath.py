@@ -11,10 +11,9 @@ import _thread
 import os
 import sys
 
-from . import cache_root
 from ._runtime import (ALIASES, CACHE_SCHEMA, CATEGORIES, CPU, GPU, GPUs, KNOWN_VARIABLES, MATCH_NAMES, ConfigError,
-                       Candidate, Hardware, Manifest, Selection, Variant, feature_table, json_loads, parse_sm,
-                       x86_64_level)
+                       Candidate, Hardware, Manifest, Selection, Variant, cache_root, feature_table, json_loads,
+                       parse_sm, pick_file, x86_64_level)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -301,8 +300,6 @@ def write_private_json(path: str, data: Any) -> None:
 
 def forget_pick(variants_dir: str, env: Mapping[str, str]) -> None:
     """Drop the pick cache's entry for ``variants_dir`` (its pick did not load cleanly)."""
-    from . import pick_file
-
     path = pick_file(variants_dir, env)
     try:
         if path is not None:

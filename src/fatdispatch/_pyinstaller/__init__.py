@@ -19,7 +19,7 @@ HIDDEN = ["fatdispatch._errors", "fatdispatch._runtime", "fatdispatch._slowpath"
 
 
 def _generated_dir() -> str:
-    from .. import cache_root
+    from .._runtime import cache_root
 
     root = cache_root(os.environ) or os.path.join(tempfile.gettempdir(), "fatdispatch")
     return os.path.join(root, "pyinstaller-hooks")
