@@ -64,7 +64,8 @@ def build_plain_twin(work: Path, level_flags: list[str]) -> Path:
     pkg = work / "fatdemo_plain"
     pkg.mkdir(parents=True)
     init = (EXAMPLE / "src" / "fatdemo" / "__init__.py").read_text()
-    init = init.replace("import fatdispatch\n\nfatdispatch.install(__name__, [\"_core\"])\n", "")
+    wiring = init[init.index("try:  # fatdispatch"):init.index("from . import _core")]
+    init = init.replace(wiring, "")
     init = init.replace("return str(_core.__fatdispatch_variant__)", "return 'plain'")
     (pkg / "__init__.py").write_text(init)
     inc = sysconfig.get_paths()["include"]

@@ -169,16 +169,18 @@ def test_a_pick_from_another_cpu_is_never_reused(demo_venv: Path, setup: tuple[d
 
 
 def test_pick_key_follows_every_input(tmp_path: Path) -> None:
-    import fatdispatch
     import _fatdispatch
+
+    from fatdispatch._runtime import pick_key
 
     variants = tmp_path / "_core.variants"
     variants.mkdir()
     (variants / "manifest.json").write_text("{}")
-    key = fatdispatch.pick_key(str(variants))
-    assert key is not None and key[0] == fatdispatch.__version__
+    key = pick_key(str(variants))
+    assert key is not None and key[0] == sysconfig.get_config_var("EXT_SUFFIX")
+    assert len(key[1]) == 4 * 3  # mtime, size, inode of _runtime.py, _cpu.py, the helper, the manifest
     raw = _fatdispatch.x86()
-    cpu = key[3]
+    cpu = key[2]
     assert cpu[4:8] == [raw["1"][0], raw["1"][1] & 0x00FFFFFF, *raw["1"][2:]]  # the same words x86() reads
     assert cpu[8:20] == [*raw["7"], *raw["7.1"], *raw["0x80000001"]]
     assert cpu[20:] == [raw["max_ext"], raw["xcr0"], raw.get("amx_permission")]
@@ -186,12 +188,12 @@ def test_pick_key_follows_every_input(tmp_path: Path) -> None:
     try:
         for core in sorted(allowed):  # the APIC id differs per core; the key must not
             os.sched_setaffinity(0, {core})
-            assert fatdispatch.pick_key(str(variants)) == key
+            assert pick_key(str(variants)) == key
     finally:
         os.sched_setaffinity(0, allowed)
     (variants / "manifest.json").write_text("{} ")
-    assert fatdispatch.pick_key(str(variants)) != key
-    assert fatdispatch.pick_key(str(tmp_path / "missing")) is None
+    assert pick_key(str(variants)) != key
+    assert pick_key(str(tmp_path / "missing")) is None
 
 
 def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,8 +201,11 @@ def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.M
     _runtime writes them; it reads the process environment itself, so the variables are set for real here."""
     import _fatdispatch
 
-    from fatdispatch._runtime import file_identity, pick_file
+    import fatdispatch
+    from fatdispatch._runtime import file_identity, pick_file, pick_key
 
+    assert (_fatdispatch.PICKS_SCHEMA, _fatdispatch.PICKS_DIR, _fatdispatch.LINUX_DRIVER_FILES) == (
+        fatdispatch.PICKS_SCHEMA, fatdispatch.PICKS_DIR, fatdispatch.LINUX_DRIVER_FILES)
     for name in [k for k in os.environ if k.startswith("FATDISPATCH_")]:
         monkeypatch.delenv(name)
     variants = tmp_path / "pkg" / "_core.variants"
@@ -208,15 +213,13 @@ def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.M
     so = variants / "v2" / "_core.so"
     so.write_bytes(b"\x7fELF")
     (variants / "manifest.json").write_text("{}")
-    paths = (str(variants / "manifest.json"), str(so))
-    driver = tmp_path / "nvidia-version"
 
-    def lookup(drivers: tuple[str, ...] = ()) -> object:
-        return _fatdispatch.cached_pick(str(variants), paths, "1.0", ".so", "picks-v2", 2, drivers)
+    def lookup() -> object:
+        return _fatdispatch.cached_pick(str(variants))
 
     def write(env: dict[str, str], **changes: object) -> dict[str, object]:
-        entry = {"schema": 2, "variants": str(variants), "key": _fatdispatch.pick_key(paths, "1.0", ".so"),
-                 "build": "v2", "path": str(so), "identity": file_identity(str(so)), "amx": False, "cuda": False}
+        entry = {"schema": 2, "variants": str(variants), "key": pick_key(str(variants)), "build": "v2",
+                 "path": str(so), "identity": file_identity(str(so)), "amx": False, "cuda": False}
         entry.update(changes)
         target = pick_file(str(variants), env)
         assert target is not None
@@ -232,23 +235,58 @@ def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.M
     assert lookup() == entry
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert lookup() is None
-    entry = write({"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    entry = write(env)
     assert lookup() == entry
     monkeypatch.setenv("FATDISPATCH_ANYTHING", "")
     assert lookup() is None
     monkeypatch.delenv("FATDISPATCH_ANYTHING")
-    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    driver.write_text("NVRM")
-    assert lookup((str(driver),)) == entry  # no CUDA builds: a driver does not matter
-    entry = write(env, cuda=True)
-    assert lookup((str(driver),)) is None and lookup((str(tmp_path / "none"),)) == entry
+    entry = write(env, cuda=True)  # a module with CUDA builds: only where no NVIDIA driver is installed
+    driver = any(os.path.exists(f) for f in fatdispatch.LINUX_DRIVER_FILES)
+    assert lookup() == (None if driver else entry)
     for bad in ({"schema": 10**30}, {"schema": True}, {"variants": str(tmp_path)}, {"key": []}, {"build": 1},
                 {"path": str(variants / "v2" / ".." / "v2" / "_core.so")}, {"path": str(tmp_path / "x.so")},
                 {"identity": [0, 0, 0, 0]}):
         write(env, **bad)
         assert lookup() is None, bad
     write(env)
+    assert lookup() is not None
     (variants / "manifest.json").write_text("{} ")  # the key follows the manifest
     assert lookup() is None
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: no cache, as cache_root says
     assert lookup() is None and pick_file(str(variants), {"XDG_CACHE_HOME": "relative/cache"}) is None
+
+
+def test_a_hit_imports_no_python_package(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
+    """With the line fatdispatch.build writes (fatdemo has it by hand), a cached pick is found and loaded by the
+    compiled helper alone: the fatdispatch package is not even imported."""
+    env, _, _ = setup
+    code = ("import sys, fatdemo; print(fatdemo.variant(), 'fatdispatch' in sys.modules, "
+            "fatdemo.hamming(b'\\x0f' * 8, b'\\xf0' * 8))")
+    first = run([str(demo_venv), "-c", code], env=env, cwd="/").stdout.split()
+    again = run([str(demo_venv), "-c", code], env=env, cwd="/").stdout.split()
+    assert first[1:] == ["True", "64"]  # the first import decides on the full path, in Python
+    assert again == [first[0], "False", "64"]
+
+
+def test_without_the_compiled_helper_everything_takes_the_full_path(
+        demo_venv: Path, setup: tuple[dict[str, str], Path, Path], tmp_path: Path) -> None:
+    """A fatdispatch without _fatdispatch (a platform it was not built for): the wiring falls back to
+    fatdispatch.install, the CPU comes from /proc/cpuinfo, nothing is cached, and the pick is the same."""
+    env, _, cache = setup
+    best_build = best(demo_venv, env)
+    site = Path(env["PYTHONPATH"])
+    shutil.copytree(site_packages(demo_venv) / "fatdispatch", site / "fatdispatch")  # no _fatdispatch beside it
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == '_fatdispatch': raise ImportError('no compiled helper here')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import fatdemo, fatdispatch\n"
+            "from fatdispatch import _cpu\n"
+            "print(fatdemo.variant(), '_fatdispatch' in sys.modules, _cpu.probe_cpu().source, "
+            "fatdemo.hamming(b'\\x0f' * 8, b'\\xf0' * 8))")
+    for _ in range(2):
+        out = run([str(demo_venv), "-c", code], env=env, cwd="/").stdout.split()
+        assert out == [best_build, "False", "proc-cpuinfo", "64"]
+    assert not cache.exists()

@@ -135,20 +135,27 @@ def native() -> "Any":
 # ============================================================================
 # 3. The finder
 #
-# ``install("mypkg", ["_core"])`` registers ``mypkg._core``.  On its import the
-# finder returns a spec whose loader binds a build under that stable name with
-# CPython's own extension machinery (``_imp.create_dynamic``).  The module
-# object is the extension itself: no proxy, so calls cost exactly what they
-# cost without fatdispatch.  It carries ``__fatdispatch_variant__``.
+# ``install("mypkg", ["_core"])`` registers ``mypkg._core``.  Where the
+# compiled helper is loaded, the registry and the meta-path finder are its own
+# (``_fatdispatch.install``/``register``/``find_spec``): a cached pick is found
+# and loaded there, in C, and a fat package can call ``_fatdispatch.install``
+# without importing this package at all (the line ``fatdispatch.build`` writes
+# does).  Everything else goes to :mod:`fatdispatch._runtime`, whose loader binds
+# a build under the stable name with CPython's own extension machinery
+# (``_imp.create_dynamic``).  Either way the module object is the extension
+# itself: no proxy, so calls cost exactly what they cost without fatdispatch.
+# It carries ``__fatdispatch_variant__``.
 # ============================================================================
 
-_registry: "dict[str, str]" = {}  # full module name -> its variants folder
 _registry_lock = _thread.allocate_lock()
-_hits: "dict[str, tuple[str, str]]" = {}  # module -> (build, path) bound from the pick cache
 
 
 def register(fullname: str, variants_dir: str) -> None:
     """Register one fat module by its variants folder (what :func:`install` does for each)."""
+    mod = native()
+    if mod is not None and hasattr(mod, "register"):
+        mod.register(fullname, variants_dir)  # the compiled finder: it loads cached picks itself
+        return
     with _registry_lock:
         _registry[fullname] = variants_dir
         if FatFinder not in sys.meta_path:
@@ -156,7 +163,8 @@ def register(fullname: str, variants_dir: str) -> None:
 
 
 class FatFinder:
-    """Answers ``find_spec`` for registered fat modules only (``None`` for everything else); loads cached picks."""
+    """The finder where the compiled helper's (``_fatdispatch.find_spec``) is missing: every import of a
+    registered fat module takes the full path."""
 
     _fatdispatch_finder = True
 
@@ -166,42 +174,9 @@ class FatFinder:
         variants_dir = _registry.get(fullname)
         if variants_dir is None:
             return None
-        pick = cached_pick(variants_dir)
-        if pick is None:
-            from ._runtime import find_spec_fully
+        from ._runtime import find_spec_fully
 
-            return find_spec_fully(fullname, variants_dir, os.environ)
-        spec: "ModuleSpecT" = ModuleSpec(fullname, FatFinder, origin=variants_dir,
-                                         loader_state=(variants_dir, pick))
-        return spec
-
-    @staticmethod
-    def create_module(spec: "ModuleSpecT") -> "ModuleType":
-        """Load the cached pick; anything unexpected hands over to the full path (which records why)."""
-        variants_dir, pick = spec.loader_state
-        build, path = pick["build"], pick["path"]
-        try:  # the very file that loaded before, untouched (cached_pick compared its identity)
-            module = load_extension(spec.name, path, bool(pick.get("amx")))
-        except Exception:  # noqa: BLE001 - the full path retries, records the failure and falls back
-            module = None
-        if module is None:
-            from ._runtime import create_fully
-
-            return create_fully(spec, variants_dir)
-        spec.origin = path
-        spec.has_location = True
-        module.__fatdispatch_variant__ = build  # type: ignore[attr-defined]
-        _hits[spec.name] = (build, path)
-        logging = sys.modules.get("logging")  # log only where the application already uses logging
-        if logging is not None and logging.getLogger("fatdispatch").isEnabledFor(logging.DEBUG):
-            from ._runtime import log_decision
-
-            log_decision(spec.name)
-        return module
-
-    @staticmethod
-    def exec_module(module: "ModuleType") -> None:
-        pass  # executed in create_module
+        return find_spec_fully(fullname, variants_dir, os.environ)
 
     @staticmethod
     def invalidate_caches() -> None:
@@ -223,45 +198,14 @@ class FatFinder:
 # pick is only written after its build loaded with nothing set in
 # ``FATDISPATCH_*``, and only read when nothing is set there; a module with CUDA
 # builds is only picked from the cache where no NVIDIA driver is installed.
-# Linux x86-64 only.
+# Linux x86-64 only.  Read by the compiled finder (``_fatdispatch.cached_pick``
+# says what it checks), written by ``_runtime.remember_pick``.
 # ============================================================================
 
-PICKS_SCHEMA = 2
+PICKS_SCHEMA = 2  # the compiled helper has the same three (test_picks checks it)
+PICKS_DIR = f"picks-v{PICKS_SCHEMA}"
 # An NVIDIA driver on Linux shows one of these (WSL2 has no /proc/driver/nvidia); see _runtime.driver_present.
 LINUX_DRIVER_FILES = ("/proc/driver/nvidia/version", "/usr/lib/wsl/lib/libnvidia-ml.so.1")
-PICKS_DIR = f"picks-v{PICKS_SCHEMA}"
-_RUNTIME_FILES = ("_runtime.py", "_cpu.py")  # the decision's code (the CPU table is compiled into _fatdispatch)
-
-
-def _key_paths(variants_dir: str, mod: "Any") -> "tuple[str, ...]":
-    return (*(os.path.join(_HERE, f) for f in _RUNTIME_FILES), mod.__file__, os.path.join(variants_dir, MANIFEST_NAME))
-
-
-def pick_key(variants_dir: str) -> "list[Any] | None":
-    """What must be unchanged for a cached pick to hold, or None when it cannot be known here."""
-    mod = native()
-    if mod is None or not hasattr(mod, "pick_key"):
-        return None  # the pick cache needs Linux x86-64 and the compiled helper
-    key: "list[Any] | None" = mod.pick_key(_key_paths(variants_dir, mod), __version__, EXTENSION_SUFFIXES[0])
-    return key
-
-
-def cached_pick(variants_dir: str) -> "dict[str, Any] | None":
-    """The cached pick for ``variants_dir`` if everything it rests on still holds, else None.
-
-    The whole check is one call into the compiled helper (``_fatdispatch.cached_pick`` says what it checks);
-    the entries are written by ``_runtime.remember_pick``.
-    """
-    mod = native()
-    if mod is None or not hasattr(mod, "cached_pick"):
-        return None
-    try:
-        entry: "dict[str, Any] | None" = mod.cached_pick(variants_dir, _key_paths(variants_dir, mod), __version__,
-                                                         EXTENSION_SUFFIXES[0], PICKS_DIR, PICKS_SCHEMA,
-                                                         LINUX_DRIVER_FILES)
-    except Exception:  # noqa: BLE001 - a cache must never break an import: the full path decides instead
-        return None
-    return entry
 
 
 # ============================================================================
@@ -281,3 +225,12 @@ def load_extension(name: str, path: str, amx: bool) -> "ModuleType":
     module: "ModuleType" = _imp.create_dynamic(subspec)
     _imp.exec_dynamic(module)
     return module
+
+
+# The registry of fat modules and the record of cache hits live in the compiled helper where it is loaded, so
+# that ``_fatdispatch.install`` (which a fat package may call without importing this package) and this package
+# see the same ones.
+_shared = native()
+_registry: "dict[str, str]" = _shared.registry() if hasattr(_shared, "registry") else {}  # module -> variants folder
+_hits: "dict[str, tuple[str, str]]" = _shared.hits() if hasattr(_shared, "hits") else {}  # module -> (build, path)
+del _shared

@@ -240,7 +240,8 @@ typedef struct {
                                     import path of a cached pick, which needs none) */
     PyObject *levels;            /* x86_levels(): 4 frozensets, levels 1-4; made on first use */
 #endif
-    int unused;
+    PyObject *registry;          /* {fullname: variants folder} of the registered fat modules */
+    PyObject *hits;              /* {fullname: (build, path)} bound from the pick cache */
 } native_state;
 
 #ifdef FD_X86
@@ -990,35 +991,83 @@ static PyObject *native_loads(PyObject *self, PyObject *arg)
     return v;
 }
 
-#if defined(FD_X86) && defined(__linux__)
 /* ------------------------------------------------------------------ the pick cache's lookup
  *
  * The whole check of a cached pick (fatdispatch/__init__.py, section 4) in one call: on the import path every
  * line of Python costs several times its warm price, and this runs on every import of a fat module. */
 
+#if defined(__linux__)
+#define FD_PICKS_SCHEMA 2          /* fatdispatch.PICKS_SCHEMA; test_picks checks they agree */
+#define FD_PICKS_DIR "picks-v2"    /* fatdispatch.PICKS_DIR */
+static const char *const FD_DRIVER_FILES[] = {   /* fatdispatch.LINUX_DRIVER_FILES: an NVIDIA driver is installed */
+    "/proc/driver/nvidia/version", "/usr/lib/wsl/lib/libnvidia-ml.so.1", NULL};
+
+/* An attribute of an already imported module (the import system's own: always loaded), new reference. */
+static PyObject *loaded_attr(const char *module, const char *name)
+{
+    PyObject *mods = PySys_GetObject("modules"), *mod = mods == NULL ? NULL : PyDict_GetItemString(mods, module);
+    if (mod == NULL) {
+        PyErr_Format(PyExc_ImportError, "%s is not loaded", module);
+        return NULL;
+    }
+    return PyObject_GetAttrString(mod, name);
+}
+
+#if defined(FD_X86) && defined(__linux__)
 extern char **environ;
 
-/* [version, suffix, file_ids(paths), cpu_key()], or None when a path cannot be stat'ed. */
-static PyObject *make_key(PyObject *self, PyObject *paths, PyObject *version, PyObject *suffix)
+/* The key a pick is cached under: [EXTENSION_SUFFIXES[0], file_ids of fatdispatch/_runtime.py,
+ * fatdispatch/_cpu.py (beside this module), this module's file and the folder's manifest.json, cpu_key()];
+ * None when one of those files cannot be stat'ed (a frozen application, say). */
+static PyObject *make_key(PyObject *self, PyObject *variants)
 {
-    PyObject *ids = native_file_ids(self, paths), *cpu;
+    PyObject *own = PyModule_GetFilenameObject(self), *dir, *paths, *ids, *cpu, *suffixes, *key;
+    Py_ssize_t slash;
+    if (own == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    slash = PyUnicode_FindChar(own, '/', 0, PyUnicode_GET_LENGTH(own), -1);
+    if (slash < 0) {
+        Py_DECREF(own);
+        if (slash == -2)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    dir = PyUnicode_Substring(own, 0, slash);
+    paths = dir == NULL ? NULL : Py_BuildValue("(NNON)", PyUnicode_FromFormat("%U/fatdispatch/_runtime.py", dir),
+                                               PyUnicode_FromFormat("%U/fatdispatch/_cpu.py", dir), own,
+                                               PyUnicode_FromFormat("%U/manifest.json", variants));
+    Py_XDECREF(dir);
+    Py_DECREF(own);
+    if (paths == NULL)
+        return NULL;
+    ids = native_file_ids(self, paths);
+    Py_DECREF(paths);
     if (ids == NULL || ids == Py_None)
         return ids;
-    cpu = native_cpu_key(self, NULL);
-    if (cpu == NULL) {
+    suffixes = loaded_attr("_frozen_importlib_external", "EXTENSION_SUFFIXES");
+    if (suffixes == NULL || !PyList_Check(suffixes) || PyList_GET_SIZE(suffixes) == 0) {
+        Py_XDECREF(suffixes);
         Py_DECREF(ids);
         return NULL;
     }
-    return Py_BuildValue("[OONN]", version, suffix, ids, cpu);
+    cpu = native_cpu_key(self, NULL);
+    key = cpu == NULL ? NULL : Py_BuildValue("[ONN]", PyList_GET_ITEM(suffixes, 0), ids, cpu);
+    if (cpu == NULL)
+        Py_DECREF(ids);
+    Py_DECREF(suffixes);
+    return key;
 }
 
-/* pick_key(paths, version, suffix) -> the key a pick is cached under (see make_key). */
-static PyObject *native_pick_key(PyObject *self, PyObject *args)
+/* pick_key(variants_dir) -> the key its pick is cached under (see make_key), or None. */
+static PyObject *native_pick_key(PyObject *self, PyObject *variants)
 {
-    PyObject *paths, *version, *suffix;
-    if (!PyArg_ParseTuple(args, "OUU", &paths, &version, &suffix))
+    if (!PyUnicode_Check(variants)) {
+        PyErr_SetString(PyExc_TypeError, "pick_key() takes the variants folder (str)");
         return NULL;
-    return make_key(self, paths, version, suffix);
+    }
+    return make_key(self, variants);
 }
 
 /* 1 when entry[name] exists and equals want, 0 when not, -1 on error. */
@@ -1038,26 +1087,23 @@ static PyObject *identity(const char *path)
                          (long long)st.st_size, (unsigned long long)st.st_ino, (unsigned long long)st.st_dev);
 }
 
-/* cached_pick(variants_dir, key_paths, version, suffix, folder_name, schema, driver_files) -> entry or None
+/* The cached pick of variants (new reference), or None (new reference), or NULL with an exception.
  *
  * None unless: no FATDISPATCH_* variable is set; the entry file ($XDG_CACHE_HOME or ~/.cache, then
- * fatdispatch/<folder_name>/<device>-<inode>.json of variants_dir) is private to this user and holds schema
- * `schema` for this very folder; its key equals pick_key(key_paths, version, suffix); its path is a str inside
- * variants_dir (no ".."), its build a str; the file at path is the regular file of the recorded identity; and,
- * for a module with CUDA builds, none of driver_files exists (GPU facts decide there). */
-static PyObject *native_cached_pick(PyObject *self, PyObject *args)
+ * fatdispatch/picks-v2/<device>-<inode>.json of the folder) is private to this user and holds schema 2 for this
+ * very folder; its key equals make_key(); its path is a str inside the folder (no ".."), its build a str; the file
+ * at path is the regular file of the recorded identity; and, for a module with CUDA builds, no NVIDIA driver is
+ * installed (GPU facts decide there). */
+static PyObject *lookup(PyObject *self, PyObject *variants)
 {
-    PyObject *variants, *key_paths, *version, *suffix, *drivers, *vbytes = NULL, *data = NULL, *entry = NULL;
-    PyObject *key = NULL, *want = NULL, *path, *build, *pbytes = NULL, *prefix = NULL, *parts = NULL, *dots = NULL;
-    const char *folder, *base, *home;
+    PyObject *vbytes = NULL, *data = NULL, *entry = NULL, *key = NULL, *want = NULL, *path, *build;
+    PyObject *pbytes = NULL, *prefix = NULL, *parts = NULL, *dots = NULL;
+    const char *base, *home;
     char file[4096];
-    int schema, ok = 0, n;
+    int ok = 0, n;
     char **e;
     struct stat st;
-    Py_ssize_t i;
 
-    if (!PyArg_ParseTuple(args, "UOUUsiO", &variants, &key_paths, &version, &suffix, &folder, &schema, &drivers))
-        return NULL;
     for (e = environ; e != NULL && *e != NULL; e++)
         if (strncmp(*e, "FATDISPATCH_", 12) == 0)
             Py_RETURN_NONE;   /* every FATDISPATCH_* variable takes the full path */
@@ -1068,12 +1114,12 @@ static PyObject *native_cached_pick(PyObject *self, PyObject *args)
     if (stat(PyBytes_AS_STRING(vbytes), &st) != 0)
         goto done;
     if (base != NULL && *base)
-        n = base[0] == '/' ? snprintf(file, sizeof(file), "%s/fatdispatch/%s/%lx-%lx.json", base, folder,
+        n = base[0] == '/' ? snprintf(file, sizeof(file), "%s/fatdispatch/" FD_PICKS_DIR "/%lx-%lx.json", base,
                                       (unsigned long)st.st_dev, (unsigned long)st.st_ino) : -1;
     else
-        n = home != NULL && home[0] == '/' ? snprintf(file, sizeof(file), "%s/.cache/fatdispatch/%s/%lx-%lx.json",
-                                                      home, folder, (unsigned long)st.st_dev,
-                                                      (unsigned long)st.st_ino) : -1;
+        n = home != NULL && home[0] == '/' ? snprintf(file, sizeof(file),
+                                                      "%s/.cache/fatdispatch/" FD_PICKS_DIR "/%lx-%lx.json", home,
+                                                      (unsigned long)st.st_dev, (unsigned long)st.st_ino) : -1;
     if (n < 0 || n >= (int)sizeof(file))
         goto done;
     data = read_private(file, 1 << 16);
@@ -1081,9 +1127,8 @@ static PyObject *native_cached_pick(PyObject *self, PyObject *args)
         goto done;
     entry = native_loads(self, data);
     if (entry == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_ValueError))
-            goto done;
-        PyErr_Clear();  /* a corrupt entry is a miss */
+        if (PyErr_ExceptionMatches(PyExc_ValueError))
+            PyErr_Clear();  /* a corrupt entry is a miss */
         goto done;
     }
     if (!PyDict_CheckExact(entry))
@@ -1091,12 +1136,13 @@ static PyObject *native_cached_pick(PyObject *self, PyObject *args)
     {
         PyObject *sch = PyDict_GetItemString(entry, "schema");
         int overflow = 0;
-        if (sch == NULL || !PyLong_CheckExact(sch) || PyLong_AsLongAndOverflow(sch, &overflow) != schema || overflow)
+        if (sch == NULL || !PyLong_CheckExact(sch) || PyLong_AsLongAndOverflow(sch, &overflow) != FD_PICKS_SCHEMA ||
+            overflow)
             goto done;
     }
     if ((n = item_equals(entry, "variants", variants)) <= 0)
         goto done;
-    key = make_key(self, key_paths, version, suffix);
+    key = make_key(self, variants);
     if (key == NULL || key == Py_None || (n = item_equals(entry, "key", key)) <= 0)
         goto done;
     path = PyDict_GetItemString(entry, "path");
@@ -1119,29 +1165,12 @@ static PyObject *native_cached_pick(PyObject *self, PyObject *args)
         goto done;
     {
         PyObject *cuda = PyDict_GetItemString(entry, "cuda");
-        int has_cuda = cuda == NULL ? 0 : PyObject_IsTrue(cuda);
+        int has_cuda = cuda == NULL ? 0 : PyObject_IsTrue(cuda), k;
         if (has_cuda < 0)
             goto done;
-        if (has_cuda) {
-            PyObject *seq = PySequence_Fast(drivers, "driver_files must be a sequence of paths");
-            if (seq == NULL)
-                goto done;
-            for (i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-                PyObject *b = NULL;
-                int found;
-                if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &b)) {
-                    Py_DECREF(seq);
-                    goto done;
-                }
-                found = access(PyBytes_AS_STRING(b), F_OK) == 0;
-                Py_DECREF(b);
-                if (found) {
-                    Py_DECREF(seq);
-                    goto done;   /* an NVIDIA driver: the full path asks NVML (or its own cache) */
-                }
-            }
-            Py_DECREF(seq);
-        }
+        for (k = 0; has_cuda && FD_DRIVER_FILES[k] != NULL; k++)
+            if (access(FD_DRIVER_FILES[k], F_OK) == 0)
+                goto done;   /* an NVIDIA driver: the full path asks NVML (or its own cache) */
     }
     ok = 1;
 done:
@@ -1163,7 +1192,308 @@ done:
     }
     return entry;
 }
+#else
+static PyObject *lookup(PyObject *self, PyObject *variants)
+{
+    Py_RETURN_NONE;   /* the pick cache needs Linux x86-64 */
+}
 #endif
+
+/* cached_pick(variants_dir) -> the pick cache's entry for the folder, or None (see lookup). */
+static PyObject *native_cached_pick(PyObject *self, PyObject *variants)
+{
+    if (!PyUnicode_Check(variants)) {
+        PyErr_SetString(PyExc_TypeError, "cached_pick() takes the variants folder (str)");
+        return NULL;
+    }
+    return lookup(self, variants);
+}
+
+/* ------------------------------------------------------------------ install() and the finder
+ *
+ * The import path of a fat package when its pick is cached, with no Python package imported: a fat package's
+ * __init__ calls _fatdispatch.install(); this module itself is the meta-path finder and the loader of cached
+ * picks.  Anything else (no cached pick, a failed load, discovery of fat modules) is handed to fatdispatch's
+ * Python code, which shares this module's registry. */
+
+/* fatdispatch._runtime.<name>(*args), importing fatdispatch (the full path). */
+static PyObject *call_runtime(const char *name, PyObject *args)
+{
+    PyObject *runtime = PyImport_ImportModule("fatdispatch._runtime"), *fn, *out;
+    if (runtime == NULL)
+        return NULL;
+    fn = PyObject_GetAttrString(runtime, name);
+    Py_DECREF(runtime);
+    if (fn == NULL)
+        return NULL;
+    out = PyObject_CallObject(fn, args);
+    Py_DECREF(fn);
+    return out;
+}
+
+static PyObject *os_environ(void)
+{
+    PyObject *os = PyImport_ImportModule("os"), *env;
+    if (os == NULL)
+        return NULL;
+    env = PyObject_GetAttrString(os, "environ");
+    Py_DECREF(os);
+    return env;
+}
+
+/* register(fullname, variants_dir): one fat module; this module goes first on sys.meta_path. */
+static PyObject *native_register(PyObject *self, PyObject *args)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    PyObject *name, *folder, *meta = PySys_GetObject("meta_path");
+    int has;
+    if (!PyArg_ParseTuple(args, "UU", &name, &folder))
+        return NULL;
+    if (meta == NULL || !PyList_Check(meta)) {
+        PyErr_SetString(PyExc_RuntimeError, "sys.meta_path is not a list");
+        return NULL;
+    }
+    if (PyDict_SetItem(st->registry, name, folder) < 0)
+        return NULL;
+    has = PySequence_Contains(meta, self);
+    if (has < 0 || (has == 0 && PyList_Insert(meta, 0, self) < 0))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* install(package, modules=None): what fatdispatch.install does, without importing fatdispatch when every
+ * module's <name>.variants folder is in the package; discovery (modules=None) and anything else go to
+ * fatdispatch._runtime.install_slowly. */
+static PyObject *native_install(PyObject *self, PyObject *args)
+{
+    PyObject *package, *modules = Py_None, *pkg, *paths = NULL, *seq = NULL, *out = NULL;
+    Py_ssize_t i, j, n, np;
+    if (!PyArg_ParseTuple(args, "U|O", &package, &modules))
+        return NULL;
+    pkg = PyDict_GetItemWithError(PySys_GetObject("modules"), package);
+    if (pkg == NULL && PyErr_Occurred())
+        return NULL;
+    if (pkg != NULL) {
+        PyObject *p = PyObject_GetAttrString(pkg, "__path__");
+        paths = p == NULL ? NULL : PySequence_List(p);   /* a list, or a namespace package's _NamespacePath */
+        Py_XDECREF(p);
+        if (paths == NULL)
+            PyErr_Clear();
+    }
+    if (modules == Py_None || paths == NULL || PyList_GET_SIZE(paths) == 0)
+        goto slowly;
+    seq = PySequence_Fast(modules, "install() takes a list of module names");
+    if (seq == NULL)
+        goto fail;
+    n = PySequence_Fast_GET_SIZE(seq);
+    np = PyList_GET_SIZE(paths);
+    for (i = 0; i < n; i++) {
+        PyObject *mod = PySequence_Fast_GET_ITEM(seq, i);
+        int found = 0;
+        if (!PyUnicode_Check(mod))
+            goto slowly;
+        for (j = 0; j < np && !found; j++) {
+            PyObject *folder = PyUnicode_FromFormat("%S/%U.variants", PyList_GET_ITEM(paths, j), mod), *b = NULL;
+            struct stat st;
+            if (folder == NULL || !PyUnicode_FSConverter(folder, &b)) {
+                Py_XDECREF(folder);
+                goto fail;
+            }
+            found = stat(PyBytes_AS_STRING(b), &st) == 0 && S_ISDIR(st.st_mode);
+            Py_DECREF(b);
+            if (found) {
+                PyObject *a = Py_BuildValue("(NO)", PyUnicode_FromFormat("%U.%U", package, mod), folder), *r;
+                r = a == NULL ? NULL : native_register(self, a);
+                Py_XDECREF(a);
+                Py_DECREF(folder);
+                if (r == NULL)
+                    goto fail;
+                Py_DECREF(r);
+            } else {
+                Py_DECREF(folder);
+            }
+        }
+        if (!found)
+            goto slowly;
+    }
+    Py_DECREF(seq);
+    Py_DECREF(paths);
+    Py_RETURN_NONE;
+slowly:
+    {
+        PyObject *a = Py_BuildValue("(OO)", package, modules);
+        out = a == NULL ? NULL : call_runtime("install_slowly", a);
+        Py_XDECREF(a);
+    }
+fail:
+    Py_XDECREF(seq);
+    Py_XDECREF(paths);
+    return out;
+}
+
+/* find_spec(fullname, path=None, target=None): None for modules not registered; a spec this module loads for a
+ * cached pick; else fatdispatch._runtime.find_spec_fully (the manifest, the probe, the decision). */
+static PyObject *native_find_spec(PyObject *self, PyObject *args)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    PyObject *name, *path = Py_None, *target = Py_None, *folder, *entry, *spec = NULL;
+    if (!PyArg_ParseTuple(args, "U|OO", &name, &path, &target))
+        return NULL;
+    folder = PyDict_GetItemWithError(st->registry, name);
+    if (folder == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(folder);
+    entry = lookup(self, folder);
+    if (entry == NULL)
+        PyErr_Clear();   /* a cache must never break an import: the full path decides instead */
+    if (entry == NULL || entry == Py_None) {
+        PyObject *env = os_environ(), *a = env == NULL ? NULL : Py_BuildValue("(OOO)", name, folder, env);
+        spec = a == NULL ? NULL : call_runtime("find_spec_fully", a);
+        Py_XDECREF(a);
+        Py_XDECREF(env);
+    } else {
+        PyObject *cls = loaded_attr("_frozen_importlib", "ModuleSpec"), *a = NULL, *kw = NULL;
+        if (cls != NULL) {
+            a = Py_BuildValue("(OO)", name, self);
+            kw = Py_BuildValue("{s:O,s:(OO)}", "origin", folder, "loader_state", folder, entry);
+        }
+        if (a != NULL && kw != NULL)
+            spec = PyObject_Call(cls, a, kw);
+        Py_XDECREF(cls);
+        Py_XDECREF(a);
+        Py_XDECREF(kw);
+    }
+    Py_XDECREF(entry);
+    Py_DECREF(folder);
+    return spec;
+}
+
+/* Load the extension file at path as module name with CPython's own machinery (its init runs here). */
+static PyObject *load_extension(PyObject *name, PyObject *path)
+{
+    PyObject *loader_cls = loaded_attr("_frozen_importlib_external", "ExtensionFileLoader");
+    PyObject *spec_cls = loaded_attr("_frozen_importlib", "ModuleSpec"), *imp = PyImport_ImportModule("_imp");
+    PyObject *loader = NULL, *spec = NULL, *module = NULL, *r;
+    if (loader_cls != NULL && spec_cls != NULL && imp != NULL)
+        loader = PyObject_CallFunctionObjArgs(loader_cls, name, path, NULL);
+    if (loader != NULL) {
+        PyObject *a = Py_BuildValue("(OO)", name, loader), *kw = Py_BuildValue("{s:O}", "origin", path);
+        spec = a == NULL || kw == NULL ? NULL : PyObject_Call(spec_cls, a, kw);
+        Py_XDECREF(a);
+        Py_XDECREF(kw);
+    }
+    if (spec != NULL)
+        module = PyObject_CallMethod(imp, "create_dynamic", "O", spec);
+    if (module != NULL) {
+        r = PyObject_CallMethod(imp, "exec_dynamic", "O", module);
+        if (r == NULL)
+            Py_CLEAR(module);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(loader_cls);
+    Py_XDECREF(spec_cls);
+    Py_XDECREF(imp);
+    Py_XDECREF(loader);
+    Py_XDECREF(spec);
+    return module;
+}
+
+#ifdef FD_X86
+#define FD_AMX_GRANTED() fd_request_amx()
+#else
+#define FD_AMX_GRANTED() 0
+#endif
+
+/* create_module(spec): the cached pick, loaded; on any failure fatdispatch._runtime.create_fully retries on
+ * the full path (which records why and falls back to the next build). */
+static PyObject *native_create_module(PyObject *self, PyObject *spec)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    PyObject *name = NULL, *state = NULL, *folder, *entry, *build, *path, *module = NULL, *amx;
+    int ok = 0;
+    name = PyObject_GetAttrString(spec, "name");
+    state = name == NULL ? NULL : PyObject_GetAttrString(spec, "loader_state");
+    if (state == NULL || !PyTuple_Check(state) || PyTuple_GET_SIZE(state) != 2) {
+        Py_XDECREF(name);
+        Py_XDECREF(state);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ImportError, "_fatdispatch.create_module: not a spec of _fatdispatch.find_spec");
+        return NULL;
+    }
+    folder = PyTuple_GET_ITEM(state, 0);
+    entry = PyTuple_GET_ITEM(state, 1);
+    build = PyDict_GetItemString(entry, "build");
+    path = PyDict_GetItemString(entry, "path");
+    amx = PyDict_GetItemString(entry, "amx");
+    if (build != NULL && path != NULL && (amx == NULL || !PyObject_IsTrue(amx) || FD_AMX_GRANTED()))
+        module = load_extension(name, path);
+    if (module != NULL) {
+        PyObject *hit = Py_BuildValue("(OO)", build, path);
+        ok = hit != NULL && PyObject_SetAttrString(spec, "origin", path) == 0 &&
+             PyObject_SetAttrString(spec, "has_location", Py_True) == 0 &&
+             PyObject_SetAttrString(module, "__fatdispatch_variant__", build) == 0 &&
+             PyDict_SetItem(st->hits, name, hit) == 0;
+        Py_XDECREF(hit);
+    }
+    if (!ok) {
+        PyObject *a;
+        Py_CLEAR(module);
+        PyErr_Clear();
+        a = Py_BuildValue("(OO)", spec, folder);
+        module = a == NULL ? NULL : call_runtime("create_fully", a);
+        Py_XDECREF(a);
+    } else {
+        /* Log only where the application already uses logging (fatdispatch._runtime.log_decision). */
+        PyObject *logging = PyDict_GetItemString(PySys_GetObject("modules"), "logging");
+        if (logging != NULL) {
+            PyObject *logger = PyObject_CallMethod(logging, "getLogger", "s", "fatdispatch"), *level, *on = NULL;
+            level = logger == NULL ? NULL : PyObject_GetAttrString(logging, "DEBUG");
+            if (level != NULL)
+                on = PyObject_CallMethod(logger, "isEnabledFor", "O", level);
+            if (on != NULL && PyObject_IsTrue(on)) {
+                PyObject *a = Py_BuildValue("(O)", name), *r = a == NULL ? NULL : call_runtime("log_decision", a);
+                Py_XDECREF(a);
+                Py_XDECREF(r);
+            }
+            Py_XDECREF(logger);
+            Py_XDECREF(level);
+            Py_XDECREF(on);
+            if (PyErr_Occurred())
+                PyErr_Clear();   /* logging trouble never fails an import */
+        }
+    }
+    Py_DECREF(name);
+    Py_DECREF(state);
+    return module;
+}
+
+static PyObject *native_exec_module(PyObject *self, PyObject *module)
+{
+    Py_RETURN_NONE;   /* executed in create_module */
+}
+
+static PyObject *native_invalidate_caches(PyObject *self, PyObject *unused)
+{
+    Py_RETURN_NONE;
+}
+
+static PyObject *native_registry(PyObject *self, PyObject *unused)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    Py_INCREF(st->registry);
+    return st->registry;
+}
+
+static PyObject *native_hits(PyObject *self, PyObject *unused)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    Py_INCREF(st->hits);
+    return st->hits;
+}
+#endif /* __linux__ */
 
 static PyMethodDef native_methods[] = {
 #ifdef FD_X86
@@ -1180,8 +1510,7 @@ static PyMethodDef native_methods[] = {
 #endif
 #if defined(FD_X86) && defined(__linux__)
     {"cpu_key", native_cpu_key, METH_NOARGS, "The raw CPUID/XCR0 words, APIC id masked."},
-    {"pick_key", native_pick_key, METH_VARARGS, "[version, suffix, file_ids(paths), cpu_key()], or None."},
-    {"cached_pick", native_cached_pick, METH_VARARGS, "The pick cache's entry for a variants folder, or None."},
+    {"pick_key", native_pick_key, METH_O, "The key a variants folder's pick is cached under, or None."},
 #endif
 #if defined(__linux__)
     {"hwcaps", native_hwcaps, METH_NOARGS, "(AT_HWCAP, AT_HWCAP2)."},
@@ -1192,34 +1521,53 @@ static PyMethodDef native_methods[] = {
 #if defined(_WIN32)
     {"processor_feature", native_processor_feature, METH_O, "IsProcessorFeaturePresent."},
 #endif
+#if defined(__linux__)
+    {"cached_pick", native_cached_pick, METH_O, "The pick cache's entry for a variants folder, or None."},
+    {"install", native_install, METH_VARARGS, "install(package, modules=None): register a package's fat modules."},
+    {"register", native_register, METH_VARARGS, "register(fullname, variants_dir): one fat module."},
+    {"registry", native_registry, METH_NOARGS, "The registered fat modules: {fullname: variants folder}."},
+    {"hits", native_hits, METH_NOARGS, "The modules bound from the pick cache: {fullname: (build, path)}."},
+    {"find_spec", native_find_spec, METH_VARARGS, "Meta-path finder: registered fat modules only."},
+    {"create_module", native_create_module, METH_O, "Loader of cached picks."},
+    {"exec_module", native_exec_module, METH_O, "Nothing: create_module ran the extension's init."},
+    {"invalidate_caches", native_invalidate_caches, METH_NOARGS, "Nothing to invalidate."},
+#endif
     {NULL, NULL, 0, NULL}
 };
 
 static int native_traverse(PyObject *module, visitproc visit, void *arg)
 {
-#ifdef FD_X86
     native_state *st = (native_state *)PyModule_GetState(module);
-    int i;
     if (st == NULL)
         return 0;
-    for (i = 0; i < FD_NBITS; i++)
-        Py_VISIT(st->names[i]);
+#ifdef FD_X86
+    {
+        int i;
+        for (i = 0; i < FD_NBITS; i++)
+            Py_VISIT(st->names[i]);
+    }
     Py_VISIT(st->levels);
 #endif
+    Py_VISIT(st->registry);
+    Py_VISIT(st->hits);
     return 0;
 }
 
 static int native_clear(PyObject *module)
 {
-#ifdef FD_X86
     native_state *st = (native_state *)PyModule_GetState(module);
-    int i;
     if (st == NULL)
         return 0;
-    for (i = 0; i < FD_NBITS; i++)
-        Py_CLEAR(st->names[i]);
+#ifdef FD_X86
+    {
+        int i;
+        for (i = 0; i < FD_NBITS; i++)
+            Py_CLEAR(st->names[i]);
+    }
     Py_CLEAR(st->levels);
 #endif
+    Py_CLEAR(st->registry);
+    Py_CLEAR(st->hits);
     return 0;
 }
 
@@ -1228,7 +1576,47 @@ static void native_free(void *module)
     native_clear((PyObject *)module);
 }
 
+static int native_exec(PyObject *module)
+{
+    native_state *st = (native_state *)PyModule_GetState(module);
+    PyObject *drivers = NULL;
+    int k;
+    st->registry = PyDict_New();
+    st->hits = PyDict_New();
+    if (st->registry == NULL || st->hits == NULL)
+        return -1;
+#if defined(__linux__)
+    drivers = PyTuple_New(0);
+    if (drivers == NULL)
+        goto fail;
+    for (k = 0; FD_DRIVER_FILES[k] != NULL; k++) {
+        PyObject *f = PyUnicode_FromString(FD_DRIVER_FILES[k]);
+        if (f == NULL || _PyTuple_Resize(&drivers, k + 1) < 0) {
+            Py_XDECREF(f);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(drivers, k, f);
+    }
+    Py_INCREF(Py_True);
+    if (PyModule_AddObject(module, "_fatdispatch_finder", Py_True) < 0) {
+        Py_DECREF(Py_True);
+        goto fail;
+    }
+    if (PyModule_AddIntConstant(module, "PICKS_SCHEMA", FD_PICKS_SCHEMA) < 0 ||
+        PyModule_AddStringConstant(module, "PICKS_DIR", FD_PICKS_DIR) < 0 ||
+        PyModule_AddObject(module, "LINUX_DRIVER_FILES", drivers) < 0)
+        goto fail;
+#else
+    (void)k;
+#endif
+    return 0;
+fail:
+    Py_XDECREF(drivers);
+    return -1;
+}
+
 static PyModuleDef_Slot native_slots[] = {
+    {Py_mod_exec, native_exec},
     {0, NULL}
 };
 

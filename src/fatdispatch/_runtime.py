@@ -22,7 +22,7 @@ import os
 import sys
 
 from . import (EXTENSION_SUFFIXES, LINUX_DRIVER_FILES, MANIFEST_NAME, PICKS_SCHEMA, VARIANTS_SUFFIX,
-               PICKS_DIR, ModuleSpec, _hits, _registry, install, load_extension, native, pick_key, register)
+               PICKS_DIR, ModuleSpec, _hits, _registry, install, load_extension, native, register)
 from ._cpu import CPU, Record, normalize_arch, probe_cpu, x86_64_level, x86_from_cpuid
 from ._errors import ConfigError, FatDispatchError, JSONError, ManifestError, NoUsableBuildError
 
@@ -922,6 +922,16 @@ def pick_file(variants_dir: str, env: Mapping[str, str]) -> str | None:
     except OSError:
         return None
     return None if root is None else os.path.join(root, PICKS_DIR, f"{st.st_dev:x}-{st.st_ino:x}.json")
+
+
+def pick_key(variants_dir: str) -> list[Any] | None:
+    """What must be unchanged for a cached pick to hold (``_fatdispatch.pick_key``), or None where the pick
+    cache cannot work (no compiled helper, not Linux x86-64, a file of the key missing)."""
+    mod = native()
+    if mod is None or not hasattr(mod, "pick_key"):
+        return None
+    key: list[Any] | None = mod.pick_key(variants_dir)
+    return key
 
 
 def pick_cache_usable(env: Mapping[str, str]) -> bool:

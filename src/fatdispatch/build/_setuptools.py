@@ -342,8 +342,13 @@ def _run(cmd: list[str]) -> None:
 
 
 def wiring_line(modules: Iterable[str]) -> str:
+    """The lines that register a package's fat modules: through the compiled helper alone where it is there (no
+    import of the fatdispatch package when the pick cache answers), else through fatdispatch."""
     mods = ", ".join(repr(m) for m in sorted(set(modules)))
-    return f"__import__('fatdispatch').install(__name__, [{mods}])  {WIRING_MARKER}\n"
+    return (f"try:  {WIRING_MARKER}\n"
+            f"    __import__('_fatdispatch').install(__name__, [{mods}])\n"
+            f"except (ImportError, AttributeError):  # fatdispatch without its compiled helper\n"
+            f"    __import__('fatdispatch').install(__name__, [{mods}])\n")
 
 
 def wire_init(source: str, modules: Iterable[str]) -> str:
