@@ -215,3 +215,16 @@ def test_compiled_probe_agrees_with_the_decoder() -> None:
     assert _cpu.masked_notes(found["masked"], found["raw"]) == cpu.notes
     assert _cpu._probe_cpu_uncached() == cpu
     assert set(found["raw"]) >= {"max_leaf", "vendor", "1", "7", "7.1", "max_ext", "0x80000001", "xcr0"}
+
+
+def test_probe_only_module_is_the_same_probe() -> None:
+    """_fatdispatch_cpu is _fatdispatch's source compiled with the CPU probe alone: the same answers, nothing of
+    the import path (so it binds fewer symbols when loaded)."""
+    import _fatdispatch
+    import _fatdispatch_cpu
+
+    assert _fatdispatch_cpu.cpu() == _fatdispatch.cpu()
+    raw = _fatdispatch.x86()
+    assert _fatdispatch_cpu.x86_decode(raw) == _fatdispatch.x86_decode(raw)
+    assert _fatdispatch_cpu.x86_levels() == _fatdispatch.x86_levels()
+    assert not {"loads", "cached_pick", "install", "find_spec", "cpu_key"} & set(dir(_fatdispatch_cpu))

@@ -489,6 +489,8 @@ static PyObject *native_cpu(PyObject *self, PyObject *unused)
 }
 #endif /* FD_X86 */
 
+#ifndef FD_PROBE_ONLY  /* everything below up to the method table: the import path's helpers */
+
 /* ------------------------------------------------------------------ the pick cache's raw facts
  *
  * The pick cache (fatdispatch/__init__.py, section 4) is checked on every import of a fat module, so the
@@ -1495,6 +1497,8 @@ static PyObject *native_hits(PyObject *self, PyObject *unused)
 }
 #endif /* __linux__ */
 
+#endif /* FD_PROBE_ONLY */
+
 static PyMethodDef native_methods[] = {
 #ifdef FD_X86
     {"x86", native_x86, METH_NOARGS, "Raw CPUID leaves and XCR0."},
@@ -1502,15 +1506,6 @@ static PyMethodDef native_methods[] = {
     {"x86_decode", native_x86_decode, METH_O, "(usable features, masked groups) from raw CPUID facts."},
     {"x86_levels", native_x86_levels, METH_NOARGS, "The features of the x86-64 levels 1-4."},
     {"cpu", native_cpu, METH_NOARGS, "This process's CPU, decoded (x86 and x86_decode together, with the level)."},
-#endif
-    {"loads", native_loads, METH_O, "Parse one strict JSON document (bytes or str)."},
-#if defined(__linux__)
-    {"file_ids", native_file_ids, METH_O, "[mtime_ns, size, inode, ...] of each path, or None."},
-    {"read_private", native_read_private, METH_VARARGS, "A private regular file's bytes, or None."},
-#endif
-#if defined(FD_X86) && defined(__linux__)
-    {"cpu_key", native_cpu_key, METH_NOARGS, "The raw CPUID/XCR0 words, APIC id masked."},
-    {"pick_key", native_pick_key, METH_O, "The key a variants folder's pick is cached under, or None."},
 #endif
 #if defined(__linux__)
     {"hwcaps", native_hwcaps, METH_NOARGS, "(AT_HWCAP, AT_HWCAP2)."},
@@ -1520,6 +1515,16 @@ static PyMethodDef native_methods[] = {
 #endif
 #if defined(_WIN32)
     {"processor_feature", native_processor_feature, METH_O, "IsProcessorFeaturePresent."},
+#endif
+#ifndef FD_PROBE_ONLY
+    {"loads", native_loads, METH_O, "Parse one strict JSON document (bytes or str)."},
+#if defined(__linux__)
+    {"file_ids", native_file_ids, METH_O, "[mtime_ns, size, inode, ...] of each path, or None."},
+    {"read_private", native_read_private, METH_VARARGS, "A private regular file's bytes, or None."},
+#endif
+#if defined(FD_X86) && defined(__linux__)
+    {"cpu_key", native_cpu_key, METH_NOARGS, "The raw CPUID/XCR0 words, APIC id masked."},
+    {"pick_key", native_pick_key, METH_O, "The key a variants folder's pick is cached under, or None."},
 #endif
 #if defined(__linux__)
     {"cached_pick", native_cached_pick, METH_O, "The pick cache's entry for a variants folder, or None."},
@@ -1532,6 +1537,7 @@ static PyMethodDef native_methods[] = {
     {"exec_module", native_exec_module, METH_O, "Nothing: create_module ran the extension's init."},
     {"invalidate_caches", native_invalidate_caches, METH_NOARGS, "Nothing to invalidate."},
 #endif
+#endif /* FD_PROBE_ONLY */
     {NULL, NULL, 0, NULL}
 };
 
@@ -1576,6 +1582,7 @@ static void native_free(void *module)
     native_clear((PyObject *)module);
 }
 
+#ifndef FD_PROBE_ONLY
 static int native_exec(PyObject *module)
 {
     native_state *st = (native_state *)PyModule_GetState(module);
@@ -1621,7 +1628,8 @@ static PyModuleDef_Slot native_slots[] = {
 };
 
 static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "_fatdispatch", "fatdispatch's compiled helper: CPU probe, x86 feature decoder, strict JSON reader.",
+    PyModuleDef_HEAD_INIT, "_fatdispatch",
+    "fatdispatch's compiled helper: CPU probe, x86 feature decoder, pick cache, finder, strict JSON reader.",
     sizeof(native_state), native_methods, native_slots, native_traverse, native_clear, native_free,
 };
 
@@ -1629,3 +1637,19 @@ PyMODINIT_FUNC PyInit__fatdispatch(void)
 {
     return PyModuleDef_Init(&native_module);
 }
+#else
+static PyModuleDef_Slot native_slots[] = {
+    {0, NULL}
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "_fatdispatch_cpu",
+    "fatdispatch's CPU probe alone (the same code as _fatdispatch's): the cheapest probe to import.",
+    sizeof(native_state), native_methods, native_slots, native_traverse, native_clear, native_free,
+};
+
+PyMODINIT_FUNC PyInit__fatdispatch_cpu(void)
+{
+    return PyModuleDef_Init(&native_module);
+}
+#endif
