@@ -10,10 +10,13 @@ Public API: :func:`install`, :func:`explain`, :func:`loaded`, :func:`hardware`,
 use, in :mod:`fatdispatch._runtime` and :mod:`fatdispatch._errors`).  Everything
 else is private.
 
-This module is the whole import path in the common case (a pick cache hit), so
-it stays small and imports nothing: on a slow VM every module load costs
-~100 us, a class ~10 us and each KB of bytecode ~6 us.  The full path (read the
-manifest, probe, decide) is :mod:`fatdispatch._runtime`, loaded on demand.
+In the common case (a pick cache hit) the import path is the compiled helper
+``_fatdispatch`` alone, which a fat package calls directly (the line the build
+helper writes), and this package is not imported.  It stays small and imports
+nothing anyway, for packages that call :func:`install` by hand: on a slow VM
+every module load costs ~100 us, a class ~10 us and each KB of bytecode ~6 us.
+The full path (read the manifest, probe, decide) is :mod:`fatdispatch._runtime`,
+loaded on demand.
 """
 
 import _imp
@@ -74,21 +77,20 @@ def install(package: str, modules: "Iterable[str] | None" = None) -> None:
     every ``<name>.variants`` folder in the package is one.  Idempotent and cheap:
     nothing is probed or loaded until a fat module is imported.
     """
-    paths = getattr(sys.modules.get(package), "__path__", None)
-    if modules is None or not paths:
+    paths: "list[str]" = list(getattr(sys.modules.get(package), "__path__", None) or ())
+    names = None if modules is None else list(modules)
+    found = []
+    for mod in names if names is not None else ():
+        folder = next((f for f in (os.path.join(p, mod + VARIANTS_SUFFIX) for p in paths) if os.path.isdir(f)), None)
+        if folder is None:
+            break
+        found.append((f"{package}.{mod}", folder))
+    if names is None or not paths or len(found) < len(names):  # discovery, and every error, on the slow path
         from ._runtime import install_slowly
 
-        return install_slowly(package, modules)
-    for mod in modules:
-        for p in paths:
-            folder = os.path.join(p, mod + VARIANTS_SUFFIX)
-            if os.path.isdir(folder):
-                register(f"{package}.{mod}", folder)
-                break
-        else:
-            from ._runtime import install_slowly
-
-            return install_slowly(package, [mod])
+        return install_slowly(package, names)
+    for fullname, folder in found:
+        register(fullname, folder)
 
 
 # ============================================================================
