@@ -290,3 +290,30 @@ def test_without_the_compiled_helper_everything_takes_the_full_path(
         out = run([str(demo_venv), "-c", code], env=env, cwd="/").stdout.split()
         assert out == [best_build, "False", "proc-cpuinfo", "64"]
     assert not cache.exists()
+
+
+def test_compiled_install_registers_all_or_none(tmp_path: Path) -> None:
+    """_fatdispatch.install (what a fat package's __init__ calls) and fatdispatch.install agree: every module's
+    folder is found before any is registered, and a missing one is the slow path's error, naming it."""
+    import sys
+    import types
+
+    import _fatdispatch
+
+    import fatdispatch
+    from fatdispatch import FatDispatchError
+
+    (tmp_path / "_a.variants").mkdir()
+    for install, pkg in ((_fatdispatch.install, "fdtest_c"), (fatdispatch.install, "fdtest_py")):
+        module = types.ModuleType(pkg)
+        module.__path__ = [str(tmp_path)]
+        sys.modules[pkg] = module
+        try:
+            with pytest.raises(FatDispatchError, match="_b.variants"):
+                install(pkg, ["_a", "_b"])
+            assert f"{pkg}._a" not in fatdispatch._registry
+            install(pkg, ["_a"])
+            assert fatdispatch._registry[f"{pkg}._a"] == str(tmp_path / "_a.variants")
+        finally:
+            del sys.modules[pkg]
+            fatdispatch._registry.pop(f"{pkg}._a", None)

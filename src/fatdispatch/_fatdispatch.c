@@ -1268,7 +1268,7 @@ static PyObject *native_register(PyObject *self, PyObject *args)
  * fatdispatch._runtime.install_slowly. */
 static PyObject *native_install(PyObject *self, PyObject *args)
 {
-    PyObject *package, *modules = Py_None, *pkg, *paths = NULL, *seq = NULL, *out = NULL;
+    PyObject *package, *modules = Py_None, *pkg, *paths = NULL, *seq = NULL, *found = NULL, *out = NULL;
     Py_ssize_t i, j, n, np;
     if (!PyArg_ParseTuple(args, "U|O", &package, &modules))
         return NULL;
@@ -1285,50 +1285,55 @@ static PyObject *native_install(PyObject *self, PyObject *args)
     if (modules == Py_None || paths == NULL || PyList_GET_SIZE(paths) == 0)
         goto slowly;
     seq = PySequence_Fast(modules, "install() takes a list of module names");
-    if (seq == NULL)
-        goto fail;
+    found = PyList_New(0);
+    if (seq == NULL || found == NULL)
+        goto done;
     n = PySequence_Fast_GET_SIZE(seq);
     np = PyList_GET_SIZE(paths);
-    for (i = 0; i < n; i++) {
-        PyObject *mod = PySequence_Fast_GET_ITEM(seq, i);
-        int found = 0;
+    for (i = 0; i < n; i++) {   /* every module's folder first: registering some and failing on one is no use */
+        PyObject *mod = PySequence_Fast_GET_ITEM(seq, i), *hit = NULL;
         if (!PyUnicode_Check(mod))
             goto slowly;
-        for (j = 0; j < np && !found; j++) {
+        for (j = 0; j < np && hit == NULL; j++) {
             PyObject *folder = PyUnicode_FromFormat("%S/%U.variants", PyList_GET_ITEM(paths, j), mod), *b = NULL;
             struct stat st;
             if (folder == NULL || !PyUnicode_FSConverter(folder, &b)) {
                 Py_XDECREF(folder);
-                goto fail;
+                goto done;
             }
-            found = stat(PyBytes_AS_STRING(b), &st) == 0 && S_ISDIR(st.st_mode);
+            if (stat(PyBytes_AS_STRING(b), &st) == 0 && S_ISDIR(st.st_mode))
+                hit = Py_BuildValue("(NO)", PyUnicode_FromFormat("%U.%U", package, mod), folder);
             Py_DECREF(b);
-            if (found) {
-                PyObject *a = Py_BuildValue("(NO)", PyUnicode_FromFormat("%U.%U", package, mod), folder), *r;
-                r = a == NULL ? NULL : native_register(self, a);
-                Py_XDECREF(a);
-                Py_DECREF(folder);
-                if (r == NULL)
-                    goto fail;
-                Py_DECREF(r);
-            } else {
-                Py_DECREF(folder);
+            Py_DECREF(folder);
+            if (hit != NULL && PyList_Append(found, hit) < 0) {
+                Py_DECREF(hit);
+                goto done;
             }
+            if (hit == NULL && PyErr_Occurred())
+                goto done;
         }
-        if (!found)
-            goto slowly;
+        if (hit == NULL)
+            goto slowly;   /* install_slowly says which folder is missing */
+        Py_DECREF(hit);
     }
-    Py_DECREF(seq);
-    Py_DECREF(paths);
-    Py_RETURN_NONE;
+    for (i = 0; i < PyList_GET_SIZE(found); i++) {
+        PyObject *r = native_register(self, PyList_GET_ITEM(found, i));
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    Py_INCREF(Py_None);
+    out = Py_None;
+    goto done;
 slowly:
     {
         PyObject *a = Py_BuildValue("(OO)", package, modules);
         out = a == NULL ? NULL : call_runtime("install_slowly", a);
         Py_XDECREF(a);
     }
-fail:
+done:
     Py_XDECREF(seq);
+    Py_XDECREF(found);
     Py_XDECREF(paths);
     return out;
 }
