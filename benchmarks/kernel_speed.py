@@ -21,14 +21,18 @@ import json, random, sys, time
 import fatdemo
 size, samples = int(sys.argv[1]), int(sys.argv[2])
 rng = random.Random(7)
-# Several buffer pairs at different 64-byte-aligned offsets: where the two inputs land relative to each other (and to 4 KiB
-# pages) changes an L1-resident kernel's speed by ~15%, and it differs between processes that imported
-# different modules first; each sample uses the next pair, so the median spans layouts, not one of them.
-base = memoryview(rng.randbytes(2 * size + (8 << 12)))
+# Eight buffer pairs, each input 64-byte aligned, at different distances from each other. Where the inputs land
+# moved this L1-resident kernel's speed by 15-25% here (64-byte loads that straddle cache lines, and inputs a
+# multiple of 4 KiB apart, are the usual causes), and a process's heap layout differs with what it imported
+# first (a pick cache hit imports less than a forced build), so without this the layout, not the build, was
+# being measured.
+raw = rng.randbytes(2 * size + (8 << 12) + 64)
+start = -(id(raw) + bytes.__basicsize__ - 1) % 64   # CPython keeps a bytes object's data at that address
+base = memoryview(raw)
 pairs = []
 for k in range(8):
-    off_a = rng.randrange(0, 4096) & ~63
-    off_b = size + (4 << 12) + (rng.randrange(0, 4096) & ~63)
+    off_a = start + (rng.randrange(0, 4096) & ~63)
+    off_b = start + size + (4 << 12) + (rng.randrange(0, 4096) & ~63)
     pairs.append((base[off_a:off_a + size], base[off_b:off_b + size]))
 h = fatdemo.hamming
 inner = max(1, (4 << 20) // size)   # about 4 MiB of input per sample
