@@ -1,17 +1,17 @@
-/* _fatdispatch: fatdispatch's compiled helper: the raw CPU probe, the x86 feature decoder, the pick
- * cache's raw facts and a strict JSON reader.
+/* _fatdispatch: fatdispatch's compiled helper: the import path of a cached pick (install, the meta-path
+ * finder and loader, the cache lookup), the raw CPU probe, the x86 feature decoder and a strict JSON reader.
  *
- * A top-level module (not fatdispatch._native) so that a CPU probe costs one
- * module load and no package import: ``import _fatdispatch; _fatdispatch.cpu()``.
- * Raw probes (x86, hwcaps, sysctl, processor_feature) return plain facts:
- * CPUID registers, XCR0, auxv words, sysctl values.  x86_decode turns raw
- * CPUID/XCR0 facts into usable feature names; it is a pure function of its
- * argument, so tests replay recorded machines through it.  cpu() is the two
- * together plus the x86-64 level.  The table is generated from
- * fatdispatch/_data/cpu_features.json (_cpu_table.h).  loads() reads JSON
- * without importing the json package, which costs a millisecond on the import
- * path.  This file is compiled with the compiler's baseline flags and must
- * never need more than the oldest CPU of its architecture.
+ * A top-level module, so that neither a cached pick nor a CPU probe needs a Python package: a fat package's
+ * __init__ calls _fatdispatch.install(), and ``import _fatdispatch; _fatdispatch.cpu()`` probes.  Everything
+ * else (no cached pick, a failed load, the decision, the reports) is fatdispatch's Python, which shares this
+ * module's registry.  Compiled with FD_PROBE_ONLY (_fatdispatch_cpu.c) it is the CPU probe alone.
+ *
+ * Raw probes (x86, hwcaps, sysctl, processor_feature) return plain facts: CPUID registers, XCR0, auxv words,
+ * sysctl values.  x86_decode turns raw CPUID/XCR0 facts into usable feature names; it is a pure function of
+ * its argument, so tests replay recorded machines through it.  cpu() is the two together plus the x86-64
+ * level.  The table is generated from fatdispatch/_data/cpu_features.json (_cpu_table.h).  loads() reads JSON
+ * without importing the json package, which costs a millisecond on the import path.  This file is compiled
+ * with the compiler's baseline flags and must never need more than the oldest CPU of its architecture.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
