@@ -1591,40 +1591,39 @@ static void native_free(void *module)
 static int native_exec(PyObject *module)
 {
     native_state *st = (native_state *)PyModule_GetState(module);
-    PyObject *drivers = NULL;
-    int k;
     st->registry = PyDict_New();
     st->hits = PyDict_New();
     if (st->registry == NULL || st->hits == NULL)
         return -1;
 #if defined(__linux__)
-    drivers = PyTuple_New(0);
-    if (drivers == NULL)
-        goto fail;
-    for (k = 0; FD_DRIVER_FILES[k] != NULL; k++) {
-        PyObject *f = PyUnicode_FromString(FD_DRIVER_FILES[k]);
-        if (f == NULL || _PyTuple_Resize(&drivers, k + 1) < 0) {
-            Py_XDECREF(f);
-            goto fail;
+    {
+        PyObject *drivers;
+        Py_ssize_t k, n = 0;
+        while (FD_DRIVER_FILES[n] != NULL)
+            n++;
+        drivers = PyTuple_New(n);
+        for (k = 0; drivers != NULL && k < n; k++) {
+            PyObject *f = PyUnicode_FromString(FD_DRIVER_FILES[k]);
+            if (f == NULL)
+                Py_CLEAR(drivers);
+            else
+                PyTuple_SET_ITEM(drivers, k, f);
         }
-        PyTuple_SET_ITEM(drivers, k, f);
+        if (drivers == NULL || PyModule_AddObject(module, "LINUX_DRIVER_FILES", drivers) < 0) {
+            Py_XDECREF(drivers);
+            return -1;
+        }
     }
     Py_INCREF(Py_True);
     if (PyModule_AddObject(module, "_fatdispatch_finder", Py_True) < 0) {
         Py_DECREF(Py_True);
-        goto fail;
+        return -1;
     }
     if (PyModule_AddIntConstant(module, "PICKS_SCHEMA", FD_PICKS_SCHEMA) < 0 ||
-        PyModule_AddStringConstant(module, "PICKS_DIR", FD_PICKS_DIR) < 0 ||
-        PyModule_AddObject(module, "LINUX_DRIVER_FILES", drivers) < 0)
-        goto fail;
-#else
-    (void)k;
+        PyModule_AddStringConstant(module, "PICKS_DIR", FD_PICKS_DIR) < 0)
+        return -1;
 #endif
     return 0;
-fail:
-    Py_XDECREF(drivers);
-    return -1;
 }
 
 static PyModuleDef_Slot native_slots[] = {
