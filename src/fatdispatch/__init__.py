@@ -100,7 +100,7 @@ def install(package: str, modules: "Iterable[str] | None" = None) -> None:
 
 _native_lock = _thread.allocate_lock()
 _helper: "Any" = False  # not tried yet; then the module, or None where it cannot be loaded
-NATIVE = "_fatdispatch"  # the compiled helper: a top-level module, so a bare CPU probe needs no package import
+NATIVE = "_fatdispatch"  # the compiled helper: top-level, so neither a cached pick nor a CPU probe needs this package
 
 
 def native() -> "Any":
