@@ -202,7 +202,7 @@ def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.M
     import _fatdispatch
 
     import fatdispatch
-    from fatdispatch._runtime import file_identity, pick_file, pick_key
+    from fatdispatch._runtime import cache_root, file_identity, pick_file, pick_key
 
     assert (_fatdispatch.PICKS_SCHEMA, _fatdispatch.PICKS_DIR, _fatdispatch.LINUX_DRIVER_FILES) == (
         fatdispatch.PICKS_SCHEMA, fatdispatch.PICKS_DIR, fatdispatch.LINUX_DRIVER_FILES)
@@ -217,12 +217,13 @@ def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.M
     def lookup() -> object:
         return _fatdispatch.cached_pick(str(variants))
 
-    def write(env: dict[str, str], **changes: object) -> dict[str, object]:
+    def write(**changes: object) -> dict[str, object]:
         entry = {"schema": 2, "variants": str(variants), "key": pick_key(str(variants)), "build": "v2",
                  "path": str(so), "identity": file_identity(str(so)), "amx": False, "cuda": False}
         entry.update(changes)
-        target = pick_file(str(variants), env)
+        target = pick_file(str(variants))
         assert target is not None
+        assert os.path.dirname(os.path.dirname(target)) == cache_root(os.environ)  # fatdispatch's one cache folder
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
         Path(target).write_text(json.dumps(entry))
         os.chmod(target, 0o600)
@@ -231,30 +232,29 @@ def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.M
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    entry = write({"HOME": str(home)})  # ~/.cache/fatdispatch/picks-v2/...
+    entry = write()  # ~/.cache/fatdispatch/picks-v2/...
     assert lookup() == entry
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert lookup() is None
-    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    entry = write(env)
+    entry = write()
     assert lookup() == entry
     monkeypatch.setenv("FATDISPATCH_ANYTHING", "")
     assert lookup() is None
     monkeypatch.delenv("FATDISPATCH_ANYTHING")
-    entry = write(env, cuda=True)  # a module with CUDA builds: only where no NVIDIA driver is installed
+    entry = write(cuda=True)  # a module with CUDA builds: only where no NVIDIA driver is installed
     driver = any(os.path.exists(f) for f in fatdispatch.LINUX_DRIVER_FILES)
     assert lookup() == (None if driver else entry)
     for bad in ({"schema": 10**30}, {"schema": True}, {"variants": str(tmp_path)}, {"key": []}, {"build": 1},
                 {"path": str(variants / "v2" / ".." / "v2" / "_core.so")}, {"path": str(tmp_path / "x.so")},
                 {"identity": [0, 0, 0, 0]}):
-        write(env, **bad)
+        write(**bad)
         assert lookup() is None, bad
-    write(env)
+    write()
     assert lookup() is not None
     (variants / "manifest.json").write_text("{} ")  # the key follows the manifest
     assert lookup() is None
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: no cache, as cache_root says
-    assert lookup() is None and pick_file(str(variants), {"XDG_CACHE_HOME": "relative/cache"}) is None
+    assert lookup() is None and pick_file(str(variants)) is None and cache_root(os.environ) is None
 
 
 def test_a_hit_imports_no_python_package(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:

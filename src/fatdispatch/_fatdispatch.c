@@ -1096,33 +1096,73 @@ static PyObject *identity(const char *path)
  * very folder; its key equals make_key(); its path is a str inside the folder (no ".."), its build a str; the file
  * at path is the regular file of the recorded identity; and, for a module with CUDA builds, no NVIDIA driver is
  * installed (GPU facts decide there). */
+/* The pick cache's file for a variants folder: $XDG_CACHE_HOME (or ~/.cache, the base absolute, as
+ * fatdispatch._runtime.cache_root requires)/fatdispatch/picks-v2/<device>-<inode of the folder>.json, written
+ * into file.  1: written; 0: none (no usable base, the folder missing, too long); -1: error set. */
+static int entry_file(PyObject *variants, char *file, size_t size)
+{
+    const char *base = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    PyObject *vbytes = NULL;
+    struct stat st;
+    int n = -1;
+    if (!PyUnicode_FSConverter(variants, &vbytes))
+        return -1;
+    if (stat(PyBytes_AS_STRING(vbytes), &st) == 0) {
+        if (base != NULL && *base)
+            n = base[0] == '/' ? snprintf(file, size, "%s/fatdispatch/" FD_PICKS_DIR "/%lx-%lx.json", base,
+                                          (unsigned long)st.st_dev, (unsigned long)st.st_ino) : -1;
+        else if (home != NULL && home[0] == '/')
+            n = snprintf(file, size, "%s/.cache/fatdispatch/" FD_PICKS_DIR "/%lx-%lx.json", home,
+                         (unsigned long)st.st_dev, (unsigned long)st.st_ino);
+    }
+    Py_DECREF(vbytes);
+    return n >= 0 && (size_t)n < size;
+}
+
+/* pick_file(variants_dir) -> where its pick is cached (what lookup reads and _runtime.remember_pick writes),
+ * or None. */
+static PyObject *native_pick_file(PyObject *self, PyObject *variants)
+{
+    char file[4096];
+    int rc;
+    if (!PyUnicode_Check(variants)) {
+        PyErr_SetString(PyExc_TypeError, "pick_file() takes the variants folder (str)");
+        return NULL;
+    }
+    rc = entry_file(variants, file, sizeof(file));
+    if (rc < 0)
+        return NULL;
+    if (rc == 0)
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeFSDefault(file);
+}
+
+/* file_identity(path) -> [mtime_ns, size, inode, device] of a regular file, or None (see identity). */
+static PyObject *native_file_identity(PyObject *self, PyObject *path)
+{
+    PyObject *bytes = NULL, *out;
+    if (!PyUnicode_FSConverter(path, &bytes))
+        return NULL;
+    out = identity(PyBytes_AS_STRING(bytes));
+    Py_DECREF(bytes);
+    return out;
+}
+
 static PyObject *lookup(PyObject *self, PyObject *variants)
 {
-    PyObject *vbytes = NULL, *data = NULL, *entry = NULL, *key = NULL, *want = NULL, *path, *build;
+    PyObject *data = NULL, *entry = NULL, *key = NULL, *want = NULL, *path, *build;
     PyObject *pbytes = NULL, *prefix = NULL, *parts = NULL, *dots = NULL;
-    const char *base, *home;
     char file[4096];
     int ok = 0, n;
     char **e;
-    struct stat st;
 
     for (e = environ; e != NULL && *e != NULL; e++)
         if (strncmp(*e, "FATDISPATCH_", 12) == 0)
             Py_RETURN_NONE;   /* every FATDISPATCH_* variable takes the full path */
-    base = getenv("XDG_CACHE_HOME");
-    home = getenv("HOME");
-    if (!PyUnicode_FSConverter(variants, &vbytes))
+    n = entry_file(variants, file, sizeof(file));
+    if (n < 0)
         return NULL;
-    if (stat(PyBytes_AS_STRING(vbytes), &st) != 0)
-        goto done;
-    if (base != NULL && *base)
-        n = base[0] == '/' ? snprintf(file, sizeof(file), "%s/fatdispatch/" FD_PICKS_DIR "/%lx-%lx.json", base,
-                                      (unsigned long)st.st_dev, (unsigned long)st.st_ino) : -1;
-    else
-        n = home != NULL && home[0] == '/' ? snprintf(file, sizeof(file),
-                                                      "%s/.cache/fatdispatch/" FD_PICKS_DIR "/%lx-%lx.json", home,
-                                                      (unsigned long)st.st_dev, (unsigned long)st.st_ino) : -1;
-    if (n < 0 || n >= (int)sizeof(file))
+    if (n == 0)
         goto done;
     data = read_private(file, 1 << 16);
     if (data == NULL || data == Py_None)
@@ -1176,7 +1216,6 @@ static PyObject *lookup(PyObject *self, PyObject *variants)
     }
     ok = 1;
 done:
-    Py_XDECREF(vbytes);
     Py_XDECREF(data);
     Py_XDECREF(key);
     Py_XDECREF(want);
@@ -1530,6 +1569,8 @@ static PyMethodDef native_methods[] = {
 #if defined(FD_X86) && defined(__linux__)
     {"cpu_key", native_cpu_key, METH_NOARGS, "The raw CPUID/XCR0 words, APIC id masked."},
     {"pick_key", native_pick_key, METH_O, "The key a variants folder's pick is cached under, or None."},
+    {"pick_file", native_pick_file, METH_O, "Where a variants folder's pick is cached, or None."},
+    {"file_identity", native_file_identity, METH_O, "[mtime_ns, size, inode, device] of a regular file, or None."},
 #endif
 #if defined(__linux__)
     {"cached_pick", native_cached_pick, METH_O, "The pick cache's entry for a variants folder, or None."},

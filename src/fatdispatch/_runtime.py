@@ -909,19 +909,17 @@ def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
 def cache_root(env: Mapping[str, str]) -> str | None:
     """fatdispatch's per-user cache folder (``$XDG_CACHE_HOME/fatdispatch``), or None if that is not absolute.
 
-    ``_fatdispatch.cached_pick`` finds the pick cache the same way (``test_picks`` checks that they agree)."""
+    The compiled helper's ``pick_file`` puts the pick cache in the same folder (``test_picks`` checks it)."""
     base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "fatdispatch") if os.path.isabs(base) else None
 
 
-def pick_file(variants_dir: str, env: Mapping[str, str]) -> str | None:
-    """The pick cache's file for ``variants_dir``, or None (no cache folder, or the folder is missing)."""
-    root = cache_root(env)
-    try:
-        st = os.stat(variants_dir)
-    except OSError:
-        return None
-    return None if root is None else os.path.join(root, PICKS_DIR, f"{st.st_dev:x}-{st.st_ino:x}.json")
+def pick_file(variants_dir: str) -> str | None:
+    """Where the pick of ``variants_dir`` is cached (``_fatdispatch.pick_file``: the very file its finder
+    reads), or None where the pick cache cannot work."""
+    mod = native()
+    path: str | None = mod.pick_file(variants_dir) if mod is not None and hasattr(mod, "pick_file") else None
+    return path
 
 
 def pick_key(variants_dir: str) -> list[Any] | None:
@@ -940,12 +938,11 @@ def pick_cache_usable(env: Mapping[str, str]) -> bool:
 
 
 def file_identity(path: str) -> list[int] | None:
-    """A regular file's (mtime, size, inode, device), or None (missing, a symlink, not a file)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev] if st.st_mode & 0o170000 == 0o100000 else None
+    """A regular file's (mtime, size, inode, device) as the compiled finder compares it
+    (``_fatdispatch.file_identity``), or None (missing, a symlink, not a file, no compiled helper)."""
+    mod = native()
+    ident: list[int] | None = mod.file_identity(path) if mod is not None and hasattr(mod, "file_identity") else None
+    return ident
 
 
 
@@ -961,7 +958,7 @@ def remember_pick(variants_dir: str, selection: Selection, variant: Variant, pat
     manifest_has_cuda = any(c.variant.kind == "cuda" for c in selection.candidates)
     if not pick_cache_usable(env) or hw.cpu.source != "cpuid" or (manifest_has_cuda and driver_present()[0]):
         return
-    cache = pick_file(variants_dir, env)
+    cache = pick_file(variants_dir)
     key = pick_key(variants_dir)
     identity = file_identity(path)
     if cache is None or key is None or identity is None:
@@ -1096,7 +1093,7 @@ class FatLoader:
                 from ._slowpath import _warn_fallback, forget_pick
 
                 _warn_fallback(name, build, attempts)
-                forget_pick(self.variants_dir, os.environ)
+                forget_pick(self.variants_dir)
             else:
                 remember_pick(self.variants_dir, sel, variant, path, os.environ)
             return module

@@ -298,9 +298,9 @@ def write_private_json(path: str, data: Any) -> None:
         pass
 
 
-def forget_pick(variants_dir: str, env: Mapping[str, str]) -> None:
+def forget_pick(variants_dir: str) -> None:
     """Drop the pick cache's entry for ``variants_dir`` (its pick did not load cleanly)."""
-    path = pick_file(variants_dir, env)
+    path = pick_file(variants_dir)
     try:
         if path is not None:
             os.unlink(path)
