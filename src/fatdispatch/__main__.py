@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._runtime import FatDispatchError
+from ._errors import FatDispatchError
 
 
 def main(argv: list[str] | None = None) -> int:

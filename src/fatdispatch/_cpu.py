@@ -1,102 +1,52 @@
 """The CPU probe: what this process's CPU can run.
 
-Raw probes ask the hardware or the OS and return plain data (CPUID registers
-and XCR0 from ``_fatdispatch.x86()``); pure decoders turn raw data into a
-:class:`CPU` (``x86_from_cpuid`` here; /proc/cpuinfo, auxv and sysctl decoders
-in :mod:`fatdispatch._slowpath`), so tests replay recorded machines through
-them.  On x86 the host is probed and decoded in one compiled call,
-``_fatdispatch.cpu()``, which is also the probe for callers that want no
-package import.  :func:`probe_cpu` caches the answer for the life of the
-process.  CPU facts are never cached on disk: valgrind, qemu and VM migration
-change them (the pick cache keys on the raw words instead, re-read every time).
-
-Kept small and apart from :mod:`fatdispatch._runtime`: a cold probe costs this
-module and the compiled helper, nothing else.
+Raw probes ask the hardware or the OS and return plain data (CPUID registers and XCR0 from the compiled
+primitives ``_fatdispatch_cpu``; auxv words, sysctl values, ``/proc/cpuinfo`` text); pure decoders turn raw
+data into a :class:`~fatdispatch._records.CPU`, so tests replay recorded machines through them.  On x86 the
+host is probed and decoded in one compiled call, ``_fatdispatch_cpu.cpu()``, with the table generated from
+``_data/cpu_features.json``.  :func:`probe_cpu` caches the answer for the life of the process.  CPU facts are
+never cached on disk: valgrind, qemu and VM migration change them (the pick cache keys on the raw words
+instead, re-read by every import).
 """
 
+from __future__ import annotations
+
 import _thread
+import os
 import sys
 
-import os
-
-from . import native
+from ._errors import FatDispatchError
+from ._manifest import read_json
+from ._records import CPU
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterable, Iterator, Mapping, TypeVar
+    from typing import Any, Iterable, Mapping
 
-    _R = TypeVar("_R", bound="Record")
+_native: Any
+try:
+    import _fatdispatch_cpu
 
+    _native = _fatdispatch_cpu
+except ImportError:  # fatdispatch built without its compiled primitives: /proc/cpuinfo and friends
+    _native = None
 
-class Record:
-    """Small immutable value records (``dataclasses`` imports ``inspect``: milliseconds).
-
-    Subclasses list their fields in ``__slots__``.
-    """
-
-    __slots__: "tuple[str, ...]" = ()
-
-    def __init__(self, *args: "Any", **kwargs: "Any") -> None:
-        fields = self.__slots__
-        setter = object.__setattr__
-        if not args and len(kwargs) == len(fields):  # the common, all-keywords case
-            try:
-                for key in fields:
-                    setter(self, key, kwargs[key])
-                return
-            except KeyError:
-                pass
-        if len(args) > len(fields):
-            raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
-        values = dict(zip(fields, args))
-        for key, value in kwargs.items():
-            if key not in fields or key in values:
-                raise TypeError(f"{type(self).__name__}: bad field {key!r}")
-            values[key] = value
-        missing = [f for f in fields if f not in values]
-        if missing:
-            raise TypeError(f"{type(self).__name__}: missing {', '.join(missing)}")
-        for key in fields:
-            setter(self, key, values[key])
-
-    def __setattr__(self, key: str, value: "Any") -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def __iter__(self) -> "Iterator[Any]":
-        return (getattr(self, f) for f in self.__slots__)
-
-    def __eq__(self, other: "object") -> bool:
-        return type(other) is type(self) and tuple(self) == tuple(other)  # type: ignore[arg-type,unused-ignore]
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, *self))
-
-    def __repr__(self) -> str:
-        body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
-        return f"{type(self).__name__}({body})"
-
-    def replace(self: "_R", **changes: "Any") -> "_R":
-        values = {f: getattr(self, f) for f in self.__slots__}
-        values.update(changes)
-        return type(self)(**values)
+_TABLE_PATH = os.path.join(os.path.dirname(__file__), "_data", "cpu_features.json")
+_table: dict[str, Any] | None = None
 
 
-class CPU(Record):
-    """What the CPU can run, as seen by this process.
+def feature_table() -> dict[str, Any]:
+    """The CPU feature vocabulary (``_data/cpu_features.json``): the one copy, also compiled into the
+    primitives' decoder (``build_tools/gen_cpu_table.py``)."""
+    global _table
+    if _table is None:
+        _table = read_json(_TABLE_PATH)
+    return _table
 
-    ``features`` holds canonical lower-case names (``sse4_2``, ``avx2``,
-    ``avx512f``) that are usable: present in CPUID *and* enabled by the OS.
-    ``x86_64_level`` is the psABI level (1-4) on x86-64, else ``None``.
-    ``notes`` explains every feature that was present but is not usable.
-    """
 
-    __slots__ = ("arch", "features", "x86_64_level", "vendor", "source", "notes")
-    arch: str
-    features: "frozenset[str]"
-    x86_64_level: "int | None"
-    vendor: str
-    source: str
-    notes: "tuple[str, ...]"
+def native() -> Any:
+    """The compiled primitives ``_fatdispatch_cpu``, or None."""
+    return _native
 
 
 def x86_64_level(features: "frozenset[str] | set[str]", table: "Mapping[str, Any] | None" = None) -> int:
@@ -107,11 +57,9 @@ def x86_64_level(features: "frozenset[str] | set[str]", table: "Mapping[str, Any
     The levels come from the feature table (``table``) or, by default, the copy
     compiled into ``_fatdispatch`` from that same table.
     """
-    mod = native() if table is None else None
+    mod = _native if table is None else None
     levels = mod.x86_levels() if mod is not None and hasattr(mod, "x86_levels") else None
     if levels is None:
-        from ._runtime import feature_table
-
         levels = [(table or feature_table())["x86"]["levels"][n] for n in ("1", "2", "3", "4")]
     level = 0
     for need in levels:
@@ -132,20 +80,18 @@ _MASKED = {
 def x86_from_cpuid(raw: "Mapping[str, Any]", arch: str = "x86_64", source: str = "cpuid") -> "CPU":
     """Turn raw CPUID leaves and XCR0 into a :class:`CPU` (pure).
 
-    ``raw`` has the keys ``_fatdispatch.x86()`` returns: ``max_leaf``, ``vendor``,
+    ``raw`` has the keys ``_fatdispatch_cpu.x86()`` returns: ``max_leaf``, ``vendor``,
     ``"1"``, ``"7"``, ``"7.1"``, ``max_ext``, ``"0x80000001"`` (each a 4-tuple
     EAX, EBX, ECX, EDX), ``xcr0`` (``None`` when OSXSAVE is off), and optionally
     ``amx_permission`` (``False`` when Linux refused AMX state),
     ``macos_avx512`` (macOS enables the AVX-512 state lazily and says so in a
     sysctl) and ``translated`` (Rosetta 2).  The bits are decoded by
-    ``_fatdispatch.x86_decode`` with the table compiled from ``_data/cpu_features.json``.
+    ``_fatdispatch_cpu.x86_decode`` with the table compiled from ``_data/cpu_features.json``.
     """
-    mod = native()
-    if mod is None or not hasattr(mod, "x86_decode"):
-        from ._errors import FatDispatchError
-
-        raise FatDispatchError("fatdispatch's compiled helper (_fatdispatch) is missing: reinstall fatdispatch")
-    usable, masked = mod.x86_decode(dict(raw))
+    if _native is None or not hasattr(_native, "x86_decode"):
+        raise FatDispatchError("fatdispatch's compiled primitives (_fatdispatch_cpu) are missing: reinstall "
+                               "fatdispatch from a wheel, or with a C compiler available")
+    usable, masked = _native.x86_decode(dict(raw))
     return CPU(arch=arch, features=usable, x86_64_level=x86_64_level(usable) if arch == "x86_64" else None,
                vendor=str(raw.get("vendor", "")), source=source, notes=masked_notes(masked, raw))
 
@@ -192,13 +138,112 @@ def probe_cpu() -> "CPU":
 
 
 def _probe_cpu_uncached() -> "CPU":
-    mod = native()
-    if mod is not None and hasattr(mod, "cpu") and _machine() == "x86_64":
-        found = mod.cpu()  # x86() and x86_decode() in one call; x86_from_cpuid(found["raw"]) gives the same CPU
+    if _native is not None and hasattr(_native, "cpu") and _machine() == "x86_64":
+        found: Any = _native.cpu()  # x86() and x86_decode() in one call; x86_from_cpuid(found["raw"]) gives the same CPU
         return CPU(arch=found["arch"], features=found["features"], x86_64_level=found["x86_64_level"],
                    vendor=found["vendor"], source="cpuid", notes=masked_notes(found["masked"], found["raw"]))
-    from ._slowpath import probe_other_cpu
-
-    return probe_other_cpu(_machine(), native())
+    return probe_other_cpu(_machine(), _native)
 
 
+# ---------------------------------------------------------------- off x86-64, or without the primitives
+
+
+def probe_other_cpu(arch: str, native: Any) -> CPU:
+    """The CPU probe off x86-64, or without the compiled helper: auxv, sysctl, then /proc/cpuinfo."""
+    if native is not None and arch == "aarch64" and hasattr(native, "hwcaps"):
+        h1, h2 = native.hwcaps()
+        return aarch64_from_hwcaps(h1, h2)
+    if native is not None and hasattr(native, "sysctl"):
+        tab = feature_table()["aarch64"]["macos_sysctl"]
+        return from_sysctl({key: native.sysctl(key) for key in set(tab.values())}, arch)
+    text = _raw_cpuinfo()
+    if text is not None:
+        return from_cpuinfo(text, arch)
+    return CPU(arch=arch, features=frozenset(), x86_64_level=0 if arch == "x86_64" else None, vendor="",
+               source="none", notes=("no CPU probe works here: only builds that require no features are usable",))
+
+
+def _raw_cpuinfo() -> str | None:
+    try:
+        fd = os.open("/proc/cpuinfo", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 16384).decode("utf-8", "replace")  # the first processor's block is ~2 KiB
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def aarch64_from_hwcaps(hwcap: int, hwcap2: int, source: str = "hwcap",
+                        table: Mapping[str, Any] | None = None) -> CPU:
+    """Turn Linux's ``AT_HWCAP``/``AT_HWCAP2`` words into a :class:`CPU`."""
+    tab = (table or feature_table())["aarch64"]
+    feats = {n for n, b in tab["hwcap"].items() if (hwcap >> b) & 1}
+    feats.update(n for n, b in tab["hwcap2"].items() if (hwcap2 >> b) & 1)
+    return CPU(arch="aarch64", features=frozenset(feats), x86_64_level=None, vendor="", source=source, notes=())
+
+
+def from_sysctl(values: Mapping[str, int | None], arch: str, table: Mapping[str, Any] | None = None) -> CPU:
+    """macOS arm64: ``hw.optional.*`` values (``None`` where the name does not exist)."""
+    tab = (table or feature_table())["aarch64"]
+    feats = {"fp"}
+    feats.update(n for n, key in tab["macos_sysctl"].items() if values.get(key))
+    return CPU(arch=arch, features=frozenset(feats), x86_64_level=None, vendor="Apple", source="sysctl", notes=())
+
+
+def from_cpuinfo(text: str, arch: str, table: Mapping[str, Any] | None = None) -> CPU:
+    """Parse the first processor's flags from ``/proc/cpuinfo`` text.
+
+    The fallback when the compiled helper is missing.  The kernel drops flags
+    whose XSAVE state it did not enable, but under an emulator it shows the
+    host's flags, so CPUID is always preferred.
+    """
+    tab = table or feature_table()
+    flags: list[str] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if flags:
+                break  # end of the first processor's block
+            continue
+        key = key.strip().lower()
+        if key in ("flags", "features"):
+            flags = value.split()
+            break
+    if arch == "x86_64":
+        aliases = tab["x86"]["cpuinfo_aliases"]
+        known = tab["x86"]["bits"]
+        feats = {aliases.get(f, f) for f in flags}
+        feats = {f for f in feats if f in known}
+        if "xsave" in feats and "avx" in feats:
+            feats.add("osxsave")  # the kernel lists avx only when it enabled the state with XSETBV
+        fs = frozenset(feats)
+        return CPU(arch=arch, features=fs, x86_64_level=x86_64_level(fs, tab), vendor="", source="proc-cpuinfo",
+                   notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
+    known = set(tab["aarch64"]["hwcap"]) | set(tab["aarch64"]["hwcap2"])
+    return CPU(arch=arch, features=frozenset(f for f in flags if f in known), x86_64_level=None, vendor="",
+               source="proc-cpuinfo", notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
+
+
+def without(cpu: CPU, names: frozenset[str], why: str, table: Mapping[str, Any] | None = None) -> CPU:
+    """``cpu`` with ``names`` removed (``FATDISPATCH_DISABLE``).
+
+    Removing ``avx`` also removes everything that needs YMM state, and removing
+    ``avx512f`` everything that needs ZMM state; the level is recomputed.
+    """
+    tab = table or feature_table()
+    drop = set(names)
+    groups = tab["x86"]["os_state"]
+    if "avx" in drop:
+        drop.update(groups["ymm"][1])
+        drop.update(groups["zmm"][1])
+    if "avx512f" in drop:
+        drop.update(groups["zmm"][1])
+    removed = sorted(drop & cpu.features)
+    if not removed:
+        return cpu
+    feats = cpu.features - drop
+    level = x86_64_level(feats, tab) if cpu.arch == "x86_64" else None
+    return cpu.replace(features=feats, x86_64_level=level, notes=cpu.notes + (f"{why} removed {', '.join(removed)}",))

@@ -8,7 +8,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterable
 
-from ._runtime import MANIFEST_NAME, VARIANTS_SUFFIX
+from ._manifest import MANIFEST_NAME, VARIANTS_SUFFIX
 
 MAX_DEPTH = 4
 

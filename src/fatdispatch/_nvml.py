@@ -1,8 +1,7 @@
-"""The NVML query and the GPU cache writer: the cold path of the GPU probe.
+"""The NVML binding: the few calls the GPU probe needs, through :mod:`ctypes` (never ``pynvml``, whose import
+alone costs ~30 ms; never ``cuInit``, which breaks CUDA in forked children).
 
-Imported only where an NVIDIA driver is installed and the per-user cache
-missed, so :mod:`ctypes`, :mod:`json` and threads never load on the common
-import path.
+Imported only where an NVIDIA driver is installed and neither the pick cache nor the GPU cache answered.
 """
 
 from __future__ import annotations
@@ -11,17 +10,11 @@ import _thread
 import os
 import sys
 
-from ._runtime import GPU, GPUs, CACHE_SCHEMA, no_gpus
-from ._slowpath import write_private_json
+from ._records import GPU, GPUs, no_gpus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping
-
-NVML_TIMEOUT_S = 5.0
-
-
-
+    from typing import Any, Callable
 
 class NvmlError(Exception):
     """An NVML call failed; ``code`` is the ``nvmlReturn_t`` value."""
@@ -175,40 +168,3 @@ def query_nvml(nvml_factory: Callable[[], Any] = CtypesNvml,
         reason = "the driver reports no CUDA version"
     return GPUs(devices=tuple(devices), driver_version=driver, cuda_driver_version=cuda_version, libcuda=libcuda,
                 source="nvml", reason=reason)
-
-
-def query_with_timeout(query: Callable[[], GPUs], timeout: float = NVML_TIMEOUT_S) -> GPUs:
-    """Run ``query`` in a daemon thread; a hung driver must not hang ``import``."""
-    box: list[GPUs] = []
-    done = _thread.allocate_lock()
-    done.acquire()
-
-    def worker() -> None:
-        try:
-            box.append(query())
-        except BaseException as exc:  # noqa: BLE001 - any failure means "no usable GPU"
-            box.append(no_gpus(f"GPU probe failed: {type(exc).__name__}: {exc}", "nvml"))
-        finally:
-            done.release()
-
-    _thread.start_new_thread(worker, ())
-    if not done.acquire(True, timeout):
-        return no_gpus(f"NVML did not answer within {timeout:g} s; treating the GPU as unusable", "nvml")
-    return box[0]
-
-
-
-
-def gpus_to_json(g: GPUs) -> dict[str, Any]:
-    return {"devices": [{"index": d.index, "name": d.name, "uuid": d.uuid,
-                         "compute_capability": list(d.compute_capability), "mig_uuids": list(d.mig_uuids)}
-                        for d in g.devices],
-            "driver_version": g.driver_version,
-            "cuda_driver_version": list(g.cuda_driver_version) if g.cuda_driver_version else None,
-            "libcuda": g.libcuda, "reason": g.reason}
-
-
-
-def write_cache(path: str, key: Mapping[str, Any], gpus: GPUs) -> None:
-    """Write the GPU answer to the per-user cache (atomically, privately; failures are ignored)."""
-    write_private_json(path, {"schema": CACHE_SCHEMA, "key": dict(key), "gpus": gpus_to_json(gpus)})

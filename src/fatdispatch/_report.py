@@ -6,17 +6,51 @@ import json
 import os
 import sys
 
-from . import __version__, fat_modules, hardware
-from ._runtime import FatDispatchError
-from ._runtime import read_manifest
-from ._runtime import select
-from ._slowpath import describe_hardware, format_selection
+from . import __version__
+from ._errors import FatDispatchError
+from ._load import check_chosen, fat_modules, hardware, registered
+from ._manifest import read_manifest
+from ._select import select
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping
 
-    from ._runtime import Selection
+    from ._records import Hardware, Selection
+
+
+def format_selection(sel: Selection) -> str:
+    """A human-readable account of the decision, one line per build."""
+    lines = []
+    if sel.error:
+        lines.append(f"{sel.module}: nothing can be loaded: {sel.error}")
+    else:
+        lines.append(f"{sel.module} -> {sel.chosen}")
+    for c in sel.candidates:
+        mark = "*" if c.variant.name == sel.chosen else ("+" if c.usable else "-")
+        lines.append(f"  {mark} {c.variant.name:<16} {c.reason}")
+    for n in sel.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def describe_hardware(hw: Hardware) -> dict[str, Any]:
+    """The hardware as plain JSON-ready data (``report --json``)."""
+    cpu = hw.cpu
+    gpus = []
+    for g in hw.gpu.devices:
+        gpus.append({"index": g.index, "name": g.name, "uuid": g.uuid,
+                     "compute_capability": f"{g.compute_capability[0]}.{g.compute_capability[1]}",
+                     "cuda_driver_version": (f"{hw.gpu.cuda_driver_version[0]}.{hw.gpu.cuda_driver_version[1]}"
+                                             if hw.gpu.cuda_driver_version else None),
+                     "mig_uuids": list(g.mig_uuids)})
+    return {"cpu": {"arch": cpu.arch, "features": sorted(cpu.features), "x86_64_level": cpu.x86_64_level,
+                    "vendor": cpu.vendor, "source": cpu.source, "notes": list(cpu.notes)},
+            "gpus": gpus,
+            "gpu_driver": {"driver_version": hw.gpu.driver_version or None,
+                           "cuda_driver_version": (".".join(map(str, hw.gpu.cuda_driver_version))
+                                                   if hw.gpu.cuda_driver_version else None),
+                           "libcuda": hw.gpu.libcuda, "source": hw.gpu.source, "reason": hw.gpu.reason}}
 
 
 def selection_json(sel: Selection) -> dict[str, Any]:
@@ -44,12 +78,13 @@ def build_report(env: Mapping[str, str] | None = None, paths: list[str] | None =
     modules: list[dict[str, Any]] = []
     for name, folder in sorted(fat_modules(paths).items()):
         try:
-            sel = select(read_manifest(folder), hw, env)
+            sel = select(read_manifest(folder), hw, env, registered())
         except FatDispatchError as exc:
             modules.append({"module": name, "selected": None, "error": str(exc), "candidates": [], "path": folder})
             continue
         entry = selection_json(sel)
         entry["path"] = folder
+        entry["refused"] = check_chosen(sel, folder)  # the file checks an import applies
         modules.append(entry)
     return {"fatdispatch": __version__, "python": sys.version.split()[0], "hardware": describe_hardware(hw),
             "modules": modules}
@@ -87,5 +122,6 @@ def print_report(as_json: bool, env: Mapping[str, str] | None = None) -> int:
             mark = "*" if c["variant"] == m["selected"] else ("+" if c["usable"] else "-")
             out.append(f"  {mark} {c['variant']:<16} {c['reason']}")
         out.extend(f"  note: {n}" for n in m["notes"])
+        out.extend(f"  refused at load: {b}: {why}" for b, why in m["refused"].items())
     print("\n".join(out))
     return 0

@@ -9,8 +9,9 @@ import sys
 import time
 from typing import Mapping, Sequence
 
-from . import fat_modules, hardware
-from ._runtime import read_manifest, select
+from ._load import fat_modules, hardware
+from ._manifest import read_manifest
+from ._select import select
 
 QEMU_MODELS = {1: "qemu64", 2: "Nehalem", 3: "Haswell", 4: None}  # qemu's TCG has no AVX-512
 

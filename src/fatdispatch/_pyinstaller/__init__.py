@@ -15,13 +15,18 @@ import tempfile
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HIDDEN = ["fatdispatch._errors", "fatdispatch._runtime", "fatdispatch._slowpath", "fatdispatch._nvml", "_fatdispatch"]
+# The import path and every module the full path imports on demand (PyInstaller cannot see lazy imports).
+HIDDEN = ["_fatdispatch", "_fatdispatch_cpu", "_json", "json.decoder", "ctypes", "fatdispatch._records",
+          "fatdispatch._errors", "fatdispatch._manifest", "fatdispatch._env", "fatdispatch._cpu", "fatdispatch._cuda",
+          "fatdispatch._nvml", "fatdispatch._gpu", "fatdispatch._select", "fatdispatch._load", "fatdispatch._report",
+          "fatdispatch._discover"]
 
 
 def _generated_dir() -> str:
-    from .._runtime import cache_root
+    import _fatdispatch
 
-    root = cache_root(os.environ) or os.path.join(tempfile.gettempdir(), "fatdispatch")
+    bases = _fatdispatch.cache_bases(os.environ)
+    root = os.path.join(bases[0][0], "fatdispatch") if bases else os.path.join(tempfile.gettempdir(), "fatdispatch")
     return os.path.join(root, "pyinstaller-hooks")
 
 

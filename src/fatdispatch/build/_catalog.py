@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from .._runtime import FatDispatchError
+from .._errors import FatDispatchError
 
 
 class BuildError(FatDispatchError):

@@ -33,13 +33,13 @@ from setuptools.command.build_ext import build_ext as _build_ext
 from setuptools.command.build_py import build_py as _build_py
 
 from .. import __version__
-from .._runtime import normalize_arch
-from .._runtime import MANIFEST_NAME, SCHEMA_VERSION, VARIANTS_SUFFIX, parse_manifest
+from .._cpu import normalize_arch
+from .._manifest import MANIFEST_NAME, SCHEMA_VERSION, VARIANTS_SUFFIX, parse_manifest
 from ._catalog import (BuildError, CpuVariant, CudaBuild, check_cuda_build, cpu_catalog, cpu_variant, cuda_flags,
                        nvcc_path, nvcc_version, parse_cuda_spec)
 
 PYPI_LIMIT = 100 * 1024 * 1024
-WIRING_MARKER = "# added by fatdispatch.build"
+WIRING_MARKER = "# fatdispatch: bind the best build of each fat module"
 
 
 def build_arch() -> str:
@@ -342,13 +342,11 @@ def _run(cmd: list[str]) -> None:
 
 
 def wiring_line(modules: Iterable[str]) -> str:
-    """The lines that register a package's fat modules: through the compiled helper alone where it is there (no
-    import of the fatdispatch package when the pick cache answers), else through fatdispatch."""
-    mods = ", ".join(repr(m) for m in sorted(set(modules)))
-    return (f"try:  {WIRING_MARKER}\n"
-            f"    __import__('_fatdispatch').install(__name__, [{mods}])\n"
-            f"except (ImportError, AttributeError):  # fatdispatch without its compiled helper\n"
-            f"    __import__('fatdispatch').install(__name__, [{mods}])\n")
+    """The line that registers a package's fat modules (the wiring contract, frozen into every wheel built with
+    it): one call of the top-level import path ``_fatdispatch``, which imports no package when the pick cache
+    answers.  A missing fatdispatch is then a plain ``ModuleNotFoundError: No module named '_fatdispatch'``."""
+    mods = ", ".join(f'"{m}"' for m in sorted(set(modules)))
+    return f'__import__("_fatdispatch").install(__name__, [{mods}])  {WIRING_MARKER}\n'
 
 
 def wire_init(source: str, modules: Iterable[str]) -> str:

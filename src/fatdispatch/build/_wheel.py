@@ -7,8 +7,8 @@ import sys
 import zipfile
 from typing import Any
 
-from .._runtime import json_loads as loads
-from .._runtime import MANIFEST_NAME, VARIANTS_SUFFIX, Manifest, parse_manifest
+from .._manifest import MANIFEST_NAME, VARIANTS_SUFFIX, json_loads as loads, parse_manifest
+from .._records import Manifest
 
 PYPI_LIMIT = 100 * 1024 * 1024
 
@@ -123,7 +123,7 @@ def slim_wheel(path: str, keep: list[str], out_dir: str, drop_baseline: bool = F
     ``drop_baseline``), with manifests and RECORD rewritten.  Returns (new wheel path, warnings)."""
     import os
 
-    from .._runtime import FatDispatchError
+    from .._errors import FatDispatchError
 
     warnings: list[str] = []
     os.makedirs(out_dir, exist_ok=True)
@@ -206,7 +206,7 @@ def split_wheel(path: str, out_dir: str) -> list[str]:
     import os
     import shutil
 
-    from .._runtime import FatDispatchError
+    from .._errors import FatDispatchError
 
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.basename(path)

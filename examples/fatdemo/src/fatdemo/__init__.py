@@ -4,10 +4,7 @@
 and CUDA builds); fatdispatch binds the best one this machine can run.
 """
 
-try:  # fatdispatch's compiled helper binds the best build; no import of the fatdispatch package is needed
-    __import__("_fatdispatch").install(__name__, ["_core"])
-except (ImportError, AttributeError):  # fatdispatch without its compiled helper
-    __import__("fatdispatch").install(__name__, ["_core"])
+__import__("_fatdispatch").install(__name__, ["_core"])  # fatdispatch: bind the best build of each fat module
 
 from . import _core  # noqa: E402
 from ._core import build_info, hamming, noop, popcount  # noqa: E402

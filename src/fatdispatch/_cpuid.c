@@ -1,0 +1,560 @@
+/* _fatdispatch_cpu: fatdispatch's compiled primitives, the things Python cannot do: CPUID and XGETBV (raw x86
+ * facts), the x86 feature decoder over those facts, Linux's AMX permission request, aarch64's auxv words
+ * (getauxval), macOS sysctls and Windows' IsProcessorFeaturePresent.  Nothing else: the import path, the pick
+ * cache and every file check are Python (src/_fatdispatch.py).
+ *
+ * x86() returns raw facts; x86_decode(raw) turns raw CPUID/XCR0 facts into usable feature names (a pure function
+ * of its argument, so tests replay recorded machines through it); cpu() is the two together plus the x86-64
+ * level, in one call, so that a probe costs one module load and one call (the probe benchmark's 100x over
+ * archspec needs that: a decoder in Python would cost a module and a data table more).  The decoder's table is
+ * generated from fatdispatch/_data/cpu_features.json (_cpu_table.h), the one copy of the feature vocabulary.
+ * This file is compiled with the compiler's baseline flags and must never need more than the oldest CPU of its
+ * architecture.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
+#define FD_X86 1
+#if defined(_MSC_VER)
+#include <intrin.h>
+#include <immintrin.h>
+#else
+#include <cpuid.h>
+#endif
+#endif
+
+#if defined(__linux__)
+#include <sys/auxv.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+#if defined(_WIN32)
+#include <windows.h>
+#endif
+
+#if defined(__APPLE__)
+/* An integer sysctl, or -1 when the name does not exist. */
+static long long fd_sysctl(const char *name)
+{
+    long long value = 0;
+    size_t size = sizeof(value);
+    if (sysctlbyname(name, &value, &size, NULL, 0) != 0)
+        return -1;
+    return size == sizeof(int) ? (long long)*(int *)&value : value;
+}
+#endif
+
+#ifdef FD_X86
+#include "_cpu_table.h"
+
+static void fd_cpuid(unsigned int leaf, unsigned int sub, unsigned int r[4])
+{
+#if defined(_MSC_VER)
+    int regs[4];
+    __cpuidex(regs, (int)leaf, (int)sub);
+    r[0] = (unsigned int)regs[0]; r[1] = (unsigned int)regs[1];
+    r[2] = (unsigned int)regs[2]; r[3] = (unsigned int)regs[3];
+#else
+    __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
+#endif
+}
+
+/* XGETBV(0).  Only called when CPUID.1:ECX.OSXSAVE is set: otherwise it is #UD. */
+static unsigned long long fd_xgetbv0(void)
+{
+#if defined(_MSC_VER)
+    return (unsigned long long)_xgetbv(0);
+#else
+    unsigned int eax, edx;
+    __asm__ __volatile__(".byte 0x0f, 0x01, 0xd0" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((unsigned long long)edx << 32) | eax;
+#endif
+}
+
+/* request_amx() -> bool: ask Linux for permission to use AMX tile data
+ * (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).  Without it the first AMX
+ * instruction raises SIGILL. */
+static int fd_request_amx(void)
+{
+#if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#elif defined(_WIN32) || defined(__APPLE__)
+    return 1;   /* these kernels grant AMX state without a request */
+#else
+    return 0;
+#endif
+}
+
+static PyObject *native_request_amx(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(fd_request_amx());
+}
+/* The raw x86 facts of this process, gathered once per call in C (x86(), cpu() and cpu_key() share them). */
+typedef struct {
+    unsigned int r0[4];                     /* leaf 0: max leaf, vendor */
+    unsigned int max_ext;                   /* leaf 0x80000000 EAX */
+    unsigned int regs[FD_NLEAVES][4];       /* the decoded leaves, in FD_LEAVES order (0 where not available) */
+    int has_xcr0;                           /* OSXSAVE set, so XGETBV may run */
+    unsigned long long xcr0;
+    int amx_permission;                     /* -1 not asked (no AMX tile state), 0 refused, 1 granted */
+    int translated, macos_avx512;           /* macOS: Rosetta 2; ZMM state enabled on first use */
+} fd_facts;
+
+static void fd_read(fd_facts *f)
+{
+    int i;
+    memset(f, 0, sizeof(*f));
+    f->amx_permission = -1;
+    fd_cpuid(0, 0, f->r0);
+    {
+        unsigned int e0[4];
+        fd_cpuid(0x80000000u, 0, e0);
+        f->max_ext = e0[0];
+    }
+    for (i = 0; i < FD_NLEAVES; i++) {
+        unsigned int leaf = FD_LEAF_IDS[i][0], sub = FD_LEAF_IDS[i][1];
+        int base = -1, k;
+        if (leaf > (leaf >= 0x80000000u ? f->max_ext : f->r0[0]))
+            continue;
+        for (k = 0; k < i && sub > 0; k++)   /* a subleaf exists only up to subleaf 0's EAX (leaf 7) */
+            if (FD_LEAF_IDS[k][0] == leaf && FD_LEAF_IDS[k][1] == 0)
+                base = k;
+        if (sub > 0 && (base < 0 || f->regs[base][0] < sub))
+            continue;
+        fd_cpuid(leaf, sub, f->regs[i]);
+    }
+    f->has_xcr0 = (f->regs[0][2] >> 27) & 1;   /* CPUID.1:ECX.OSXSAVE (leaf "1" is FD_LEAVES[0]) */
+    if (f->has_xcr0)
+        f->xcr0 = fd_xgetbv0();
+    /* AMX tiles present and their XCR0 state enabled: Linux still refuses them until the process asks.
+     * Asking is harmless and the answer is a fact about this process, so it is part of the raw probe. */
+    {
+        const fd_bit *tile = &FD_BITS[FD_AMX_TILE];
+        if (((f->regs[tile->leaf][tile->reg] >> tile->bit) & 1) && f->has_xcr0 &&
+            (f->xcr0 & FD_AMX_XCR0_MASK) == FD_AMX_XCR0_MASK)
+            f->amx_permission = fd_request_amx();
+    }
+#if defined(__APPLE__)
+    /* Rosetta 2 hides AVX-512/AMX behind a CPUID that may say otherwise; macOS enables ZMM state lazily. */
+    f->translated = fd_sysctl("sysctl.proc_translated") > 0;
+    f->macos_avx512 = fd_sysctl("hw.optional.avx512f") > 0;
+#endif
+}
+
+/* x86() -> dict of raw CPUID leaves and XCR0 (None when XGETBV is not allowed), plus "amx_permission" where
+ * it was asked and, on macOS, "translated" and "macos_avx512". */
+static PyObject *facts_dict(const fd_facts *fp)
+{
+    const fd_facts f = *fp;
+    char vendor[13];
+    PyObject *result;
+    int i;
+
+    memcpy(vendor, &f.r0[1], 4);
+    memcpy(vendor + 4, &f.r0[3], 4);
+    memcpy(vendor + 8, &f.r0[2], 4);
+    vendor[12] = 0;
+    result = Py_BuildValue("{s:I,s:s,s:I}", "max_leaf", f.r0[0], "vendor", vendor, "max_ext", f.max_ext);
+    for (i = 0; result != NULL && i < FD_NLEAVES; i++) {
+        const unsigned int *r = f.regs[i];
+        PyObject *t = Py_BuildValue("(IIII)", r[0], r[1], r[2], r[3]);
+        if (t == NULL || PyDict_SetItemString(result, FD_LEAVES[i], t) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(t);
+    }
+    if (result != NULL) {
+        PyObject *xcr0 = f.has_xcr0 ? PyLong_FromUnsignedLongLong(f.xcr0) : (Py_INCREF(Py_None), Py_None);
+        if (xcr0 == NULL || PyDict_SetItemString(result, "xcr0", xcr0) < 0 ||
+            (f.amx_permission >= 0 && PyDict_SetItemString(result, "amx_permission", f.amx_permission ? Py_True : Py_False) < 0)
+#if defined(__APPLE__)
+            || PyDict_SetItemString(result, "translated", f.translated ? Py_True : Py_False) < 0
+            || PyDict_SetItemString(result, "macos_avx512", f.macos_avx512 ? Py_True : Py_False) < 0
+#endif
+            )
+            Py_CLEAR(result);
+        Py_XDECREF(xcr0);
+    }
+    return result;
+}
+
+static PyObject *native_x86(PyObject *self, PyObject *unused)
+{
+    fd_facts f;
+    fd_read(&f);
+    return facts_dict(&f);
+}
+
+#endif /* FD_X86 */
+
+#if defined(__linux__)
+/* hwcaps() -> (AT_HWCAP, AT_HWCAP2) */
+static PyObject *native_hwcaps(PyObject *self, PyObject *unused)
+{
+    unsigned long h1 = getauxval(AT_HWCAP);
+#ifdef AT_HWCAP2
+    unsigned long h2 = getauxval(AT_HWCAP2);
+#else
+    unsigned long h2 = 0;
+#endif
+    return Py_BuildValue("(kk)", h1, h2);
+}
+#endif
+
+#if defined(__APPLE__)
+/* sysctl(name) -> int or None when the name does not exist (ENOENT). */
+static PyObject *native_sysctl(PyObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    long long value;
+    if (name == NULL)
+        return NULL;
+    value = fd_sysctl(name);
+    if (value == -1)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(value);
+}
+#endif
+
+#if defined(_WIN32)
+/* processor_feature(id) -> bool */
+static PyObject *native_processor_feature(PyObject *self, PyObject *arg)
+{
+    long id = PyLong_AsLong(arg);
+    if (id == -1 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(IsProcessorFeaturePresent((DWORD)id) ? 1 : 0);
+}
+#endif
+
+/* ------------------------------------------------------------------ module state */
+
+typedef struct {
+#ifdef FD_X86
+    PyObject *names[FD_NBITS];   /* interned feature names, in table order; made on first use (not on the
+                                    import path of a cached pick, which needs none) */
+    PyObject *levels;            /* x86_levels(): 4 frozensets, levels 1-4; made on first use */
+#endif
+} native_state;
+
+#ifdef FD_X86
+static PyObject *names_set(native_state *st, unsigned long long mask)
+{
+    PyObject *set;
+    int i;
+    if (st->names[FD_NBITS - 1] == NULL) {
+        for (i = 0; i < FD_NBITS; i++)
+            if (st->names[i] == NULL && (st->names[i] = PyUnicode_InternFromString(FD_BITS[i].name)) == NULL)
+                return NULL;
+    }
+    set = PyFrozenSet_New(NULL);
+    if (set == NULL)
+        return NULL;
+    for (i = 0; i < FD_NBITS; i++) {
+        if (((mask >> i) & 1) && PySet_Add(set, st->names[i]) < 0) {
+            Py_DECREF(set);
+            return NULL;
+        }
+    }
+    return set;
+}
+
+/* x86_levels() -> the features of the x86-64 psABI levels 1-4 (each level's own), from the compiled table. */
+static PyObject *native_x86_levels(PyObject *self, PyObject *unused)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    int k;
+    if (st->levels == NULL) {
+        PyObject *levels = PyTuple_New(4);
+        for (k = 0; levels != NULL && k < 4; k++) {
+            PyObject *set = names_set(st, FD_LEVELS[k]);
+            if (set == NULL)
+                Py_CLEAR(levels);
+            else
+                PyTuple_SET_ITEM(levels, k, set);
+        }
+        if (levels == NULL)
+            return NULL;
+        st->levels = levels;
+    }
+    Py_INCREF(st->levels);
+    return st->levels;
+}
+
+/* One raw CPUID leaf from the dict: 1 = read, 0 = missing or empty (its features are absent), -1 = error. */
+static int raw_leaf(PyObject *raw, const char *key, unsigned long long regs[4])
+{
+    PyObject *item = PyDict_GetItemString(raw, key), *seq;
+    Py_ssize_t i;
+    if (item == NULL || item == Py_None)
+        return 0;
+    seq = PySequence_Fast(item, "a CPUID leaf must be a sequence of 4 integers");
+    if (seq == NULL)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(seq) == 0) {
+        Py_DECREF(seq);
+        return 0;
+    }
+    if (PySequence_Fast_GET_SIZE(seq) != 4) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "CPUID leaf %s: expected 4 registers", key);
+        return -1;
+    }
+    for (i = 0; i < 4; i++) {
+        PyObject *n = PyNumber_Index(PySequence_Fast_GET_ITEM(seq, i));
+        if (n == NULL) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        regs[i] = PyLong_AsUnsignedLongLongMask(n);
+        Py_DECREF(n);
+        if (regs[i] == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 1;
+}
+
+static int raw_flag(PyObject *raw, const char *key)
+{
+    PyObject *item = PyDict_GetItemString(raw, key);
+    return item == NULL ? 0 : PyObject_IsTrue(item);
+}
+
+static int add_masked(PyObject *list, native_state *st, const char *why, const char *group,
+                      unsigned long long xmask, unsigned long long features)
+{
+    PyObject *names = names_set(st, features), *entry;
+    int rc;
+    if (names == NULL)
+        return -1;
+    entry = Py_BuildValue("(ssKN)", why, group, xmask, names);
+    if (entry == NULL)
+        return -1;
+    rc = PyList_Append(list, entry);
+    Py_DECREF(entry);
+    return rc;
+}
+
+/* The facts of a raw dict (what x86() returns, or a recorded one); -1 with an exception set on a bad dict. */
+static int facts_from_dict(PyObject *raw, fd_facts *f)
+{
+    PyObject *item;
+    int i;
+    if (!PyDict_Check(raw)) {
+        PyErr_SetString(PyExc_TypeError, "x86_decode() takes the dict x86() returns");
+        return -1;
+    }
+    memset(f, 0, sizeof(*f));
+    for (i = 0; i < FD_NLEAVES; i++) {
+        unsigned long long regs[4] = {0};
+        int k;
+        if (raw_leaf(raw, FD_LEAVES[i], regs) < 0)
+            return -1;
+        for (k = 0; k < 4; k++)
+            f->regs[i][k] = (unsigned int)regs[k];
+    }
+    item = PyDict_GetItemString(raw, "xcr0");
+    f->has_xcr0 = item != NULL && item != Py_None;
+    if (f->has_xcr0) {
+        PyObject *n = PyNumber_Index(item);
+        if (n == NULL)
+            return -1;
+        f->xcr0 = PyLong_AsUnsignedLongLongMask(n);
+        Py_DECREF(n);
+        if (f->xcr0 == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+    }
+    f->macos_avx512 = raw_flag(raw, "macos_avx512");
+    f->translated = raw_flag(raw, "translated");
+    if (f->macos_avx512 < 0 || f->translated < 0)
+        return -1;
+    item = PyDict_GetItemString(raw, "amx_permission");
+    f->amx_permission = item == NULL ? -1 : item == Py_False ? 0 : 1;
+    return 0;
+}
+
+/* Decode facts: the usable features (*usable_out) and the masked groups, a list of
+ * (why, group, xcr0_mask, features) for every group of present features that is not usable;
+ * why is "osxsave", "xcr0", "amx_permission" or "rosetta". */
+static PyObject *decode(native_state *st, const fd_facts *f, unsigned long long *usable_out)
+{
+    unsigned long long present = 0, usable;
+    int i;
+    PyObject *masked;
+
+    for (i = 0; i < FD_NBITS; i++) {
+        const fd_bit *b = &FD_BITS[i];
+        if ((f->regs[b->leaf][b->reg] >> b->bit) & 1)
+            present |= 1ULL << i;
+    }
+    masked = PyList_New(0);
+    if (masked == NULL)
+        return NULL;
+    usable = present;
+    for (i = 0; i < FD_NSTATES; i++) {
+        const fd_state *s = &FD_STATES[i];
+        unsigned long long hit = present & s->features;
+        const char *why = NULL;
+        if (hit == 0)
+            continue;
+        if (strcmp(s->group, "zmm") == 0 && f->macos_avx512)
+            continue;  /* macOS enables ZMM state on first use; its sysctl says it will */
+        if (!f->has_xcr0)
+            why = "osxsave";
+        else if ((f->xcr0 & s->xcr0_mask) != s->xcr0_mask)
+            why = "xcr0";
+        else if (strcmp(s->group, "amx") == 0 && f->amx_permission == 0)
+            why = "amx_permission";
+        if (why != NULL) {
+            usable &= ~hit;
+            if (add_masked(masked, st, why, s->group, s->xcr0_mask, hit) < 0)
+                goto fail;
+        }
+    }
+    if (f->translated && (usable & FD_ROSETTA_HIDDEN)) {
+        unsigned long long hidden = usable & FD_ROSETTA_HIDDEN;
+        usable &= ~hidden;
+        if (add_masked(masked, st, "rosetta", "", 0, hidden) < 0)
+            goto fail;
+    }
+    *usable_out = usable;
+    return masked;
+fail:
+    Py_DECREF(masked);
+    return NULL;
+}
+
+/* x86_decode(raw) -> (usable, masked)
+ *
+ * raw: the dict x86() returns (or a recorded one): leaves "1", "7", "7.1", "0x80000001" as 4 registers
+ * (missing or empty: not available), "xcr0" (None when OSXSAVE is off), optional "amx_permission" (False: Linux
+ * refused AMX state), "macos_avx512" (macOS enables ZMM state lazily and says so in a sysctl), "translated"
+ * (Rosetta 2).  usable: frozenset of the features present in CPUID *and* enabled by the OS; masked: as decode().
+ * A pure function of its argument, so tests replay recorded machines through it. */
+static PyObject *native_x86_decode(PyObject *self, PyObject *raw)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    unsigned long long usable;
+    fd_facts f;
+    PyObject *masked;
+    if (facts_from_dict(raw, &f) < 0 || (masked = decode(st, &f, &usable)) == NULL)
+        return NULL;
+    return Py_BuildValue("(NN)", names_set(st, usable), masked);
+}
+
+/* cpu() -> this process's CPU, decoded: {"arch", "vendor", "features" (usable), "x86_64_level" (0-4; None on
+ * 32-bit x86), "masked" (as x86_decode), "raw" (what x86() returns)}.  What fatdispatch.hardware().cpu reports
+ * on x86, for callers that want a probe without importing the package. */
+static PyObject *native_cpu(PyObject *self, PyObject *unused)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    unsigned long long usable;
+    const char *arch;
+    fd_facts f;
+    PyObject *raw, *masked, *level;
+    fd_read(&f);
+    raw = facts_dict(&f);
+    if (raw == NULL)
+        return NULL;
+    masked = decode(st, &f, &usable);
+    if (masked == NULL) {
+        Py_DECREF(raw);
+        return NULL;
+    }
+#if defined(__x86_64__) || defined(_M_X64)
+    {
+        long k = 0;
+        while (k < 4 && (usable & FD_LEVELS[k]) == FD_LEVELS[k])
+            k++;  /* levels nest: v4 needs all of v1-v3 too */
+        level = PyLong_FromLong(k);
+    }
+    arch = "x86_64";
+#else
+    Py_INCREF(Py_None);
+    level = Py_None;
+    arch = "i686";
+#endif
+    return Py_BuildValue("{s:s,s:O,s:N,s:N,s:N,s:N}", "arch", arch, "vendor", PyDict_GetItemString(raw, "vendor"),
+                         "features", names_set(st, usable), "x86_64_level", level, "masked", masked, "raw", raw);
+}
+#endif /* FD_X86 */
+
+
+
+static PyMethodDef native_methods[] = {
+#ifdef FD_X86
+    {"x86", native_x86, METH_NOARGS, "Raw CPUID leaves and XCR0."},
+    {"request_amx", native_request_amx, METH_NOARGS, "Ask the kernel for AMX tile state."},
+    {"x86_decode", native_x86_decode, METH_O, "(usable features, masked groups) from raw CPUID facts."},
+    {"x86_levels", native_x86_levels, METH_NOARGS, "The features of the x86-64 levels 1-4."},
+    {"cpu", native_cpu, METH_NOARGS, "This process's CPU, decoded (x86 and x86_decode together, with the level)."},
+#endif
+#if defined(__linux__)
+    {"hwcaps", native_hwcaps, METH_NOARGS, "(AT_HWCAP, AT_HWCAP2)."},
+#endif
+#if defined(__APPLE__)
+    {"sysctl", native_sysctl, METH_O, "An integer sysctl, or None."},
+#endif
+#if defined(_WIN32)
+    {"processor_feature", native_processor_feature, METH_O, "IsProcessorFeaturePresent."},
+#endif
+    {NULL, NULL, 0, NULL}
+};
+
+static int native_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    native_state *st = (native_state *)PyModule_GetState(module);
+    if (st == NULL)
+        return 0;
+#ifdef FD_X86
+    {
+        int i;
+        for (i = 0; i < FD_NBITS; i++)
+            Py_VISIT(st->names[i]);
+    }
+    Py_VISIT(st->levels);
+#endif
+    return 0;
+}
+
+static int native_clear(PyObject *module)
+{
+    native_state *st = (native_state *)PyModule_GetState(module);
+    if (st == NULL)
+        return 0;
+#ifdef FD_X86
+    {
+        int i;
+        for (i = 0; i < FD_NBITS; i++)
+            Py_CLEAR(st->names[i]);
+    }
+    Py_CLEAR(st->levels);
+#endif
+    return 0;
+}
+
+static void native_free(void *module)
+{
+    native_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot native_slots[] = {
+    {0, NULL}
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "_fatdispatch_cpu",
+    "fatdispatch's compiled primitives: CPUID/XGETBV, the x86 feature decoder, auxv, sysctl, AMX.",
+    sizeof(native_state), native_methods, native_slots, native_traverse, native_clear, native_free,
+};
+
+PyMODINIT_FUNC PyInit__fatdispatch_cpu(void)
+{
+    return PyModuleDef_Init(&native_module);
+}

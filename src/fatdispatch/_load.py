@@ -1,0 +1,324 @@
+"""The full path: what runs when the pick cache does not answer, and the public API around it.
+
+Read the manifest, probe the hardware (once per process), ask the pure :func:`~fatdispatch._select.select`
+for a ranked order, and try each build under the stable name.  Nothing is loaded before the decision; every
+file passes :func:`_fatdispatch.check_build` first; a build that fails to load is recorded and the next one
+tried.  A clean load of the first choice of a decision the environment did not shape is remembered in the
+pick cache (:func:`_fatdispatch.remember_pick`), which answers later imports.
+
+Called by :class:`_fatdispatch.FatLoader` (the import path) and by ``explain``/``report``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import _fatdispatch
+
+from ._cpu import probe_cpu
+from ._env import KNOWN_VARIABLES, boolean, cache_allowed, cpu_only_force, force_for, unknown_variables
+from ._errors import FatDispatchError, ManifestError, NoUsableBuildError
+from ._manifest import MANIFEST_NAME, VARIANTS_SUFFIX, read_manifest
+from ._records import NO_GPU_PROBE, Hardware, LoadRecord, Manifest, Selection, Variant
+from ._select import effective_hardware, select
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any, Iterable, Mapping
+
+_records: dict[str, LoadRecord] = {}
+_said: set[str] = set()  # messages said once per process
+
+
+# ============================================================================
+# The public API besides install() (exported by :mod:`fatdispatch`)
+# ============================================================================
+
+
+def explain(module: str, env: Mapping[str, str] | None = None) -> Selection:
+    """The ranked decision for a registered fat module, with a reason for every build.  Loads nothing."""
+    folder = _fatdispatch.registry.get(module)
+    if folder is None:
+        raise FatDispatchError(f"{module} is not a registered fat module (import its package first); "
+                               f"registered: {', '.join(sorted(_fatdispatch.registry)) or 'none'}")
+    return decide(module, folder, env)
+
+
+def loaded(module: str) -> LoadRecord | None:
+    """What happened when ``module`` was imported (the build bound and every failed attempt), or None."""
+    return record(module)
+
+
+def hardware(env: Mapping[str, str] | None = None, gpu: bool = True) -> Hardware:
+    """The probed hardware (CPU always; NVIDIA GPUs when ``gpu``), with ``FATDISPATCH_DISABLE`` applied."""
+    env = os.environ if env is None else env
+    if gpu:
+        from ._gpu import probe_gpus
+
+        g = probe_gpus(env)
+    else:
+        g = NO_GPU_PROBE
+    return effective_hardware(Hardware(cpu=probe_cpu(), gpu=g), env)
+
+
+def fat_modules(paths: Iterable[str] | None = None) -> dict[str, str]:
+    """Installed fat modules found on ``paths`` (default ``sys.path``): module name -> variants folder."""
+    from ._discover import discover
+
+    return discover(sys.path if paths is None else paths)
+
+
+def registered() -> dict[str, str]:
+    return dict(_fatdispatch.registry)
+
+
+def install_slowly(package: str, modules: Iterable[str] | None) -> None:
+    """:func:`_fatdispatch.install` for the rarer cases: finding the modules, and every error."""
+    if isinstance(modules, str):
+        raise TypeError(f"install({package!r}, {modules!r}): modules is a list of names, such as [{modules!r}]")
+    pkg = sys.modules.get(package)
+    paths = list(getattr(pkg, "__path__", None) or [])
+    if not paths:
+        raise FatDispatchError(f"fatdispatch.install({package!r}): {package} is not an imported package; "
+                               "call install(__name__) from the package's __init__.py")
+    if modules is None:  # every <name>.variants folder
+        found: list[str] = []
+        for p in paths:
+            try:
+                found.extend(n[: -len(VARIANTS_SUFFIX)] for n in os.listdir(p) if n.endswith(VARIANTS_SUFFIX))
+            except OSError:
+                continue
+        if not found:
+            raise FatDispatchError(f"fatdispatch.install({package!r}): no <module>{VARIANTS_SUFFIX} folder in "
+                                   f"{', '.join(paths)}{_where_builds_went(paths)}", name=package)
+        modules = sorted(set(found))
+    names = list(modules)
+    located: list[tuple[str, str]] = []
+    for mod in names:
+        folder = next((os.path.join(p, mod + VARIANTS_SUFFIX) for p in paths
+                       if os.path.isdir(os.path.join(p, mod + VARIANTS_SUFFIX))), None)
+        if folder is None:
+            raise FatDispatchError(f"fatdispatch.install({package!r}): no folder {mod}{VARIANTS_SUFFIX} in "
+                                   f"{', '.join(paths)}{_where_builds_went(paths)}", name=f"{package}.{mod}")
+        located.append((f"{package}.{mod}", folder))
+    for fullname, folder in located:  # all or none
+        _fatdispatch.register(fullname, folder)
+
+
+def _where_builds_went(paths: list[str]) -> str:
+    """Why a package has no variants folder, as far as can be told: a zip archive, a frozen application that
+    did not carry the builds, or a build made without fatdispatch."""
+    for p in paths:
+        head = p
+        while head and not os.path.exists(head):
+            parent = os.path.dirname(head)
+            if parent == head:
+                break
+            head = parent
+        if head != p and os.path.isfile(head):
+            return (f": the package is inside the archive {head}, and compiled builds cannot be loaded from an "
+                    "archive; install it as files (pip install, or unzip the archive)")
+    if getattr(sys, "frozen", False) or "__compiled__" in globals():
+        return ("; this frozen application did not carry the package's builds: with PyInstaller install "
+                "fatdispatch in the build environment (its hook collects them), with Nuitka add "
+                "--include-raw-dir=<site-packages>/<package>/<module>.variants=<package>/<module>.variants")
+    return "; the package was built without its variants (rebuild it with fatdispatch's build_ext)"
+
+
+# ============================================================================
+# Deciding
+# ============================================================================
+
+
+def record(fullname: str) -> LoadRecord | None:
+    """The load record of ``fullname``; for a module bound from the pick cache, built now (the same decision)."""
+    rec = _records.get(fullname)
+    hit = _fatdispatch.hits.get(fullname)
+    if rec is None and hit is not None:
+        sel = decide(fullname, _fatdispatch.registry[fullname], os.environ)
+        rec = _records[fullname] = LoadRecord(module=fullname, variant=hit[0], path=hit[1], selection=sel,
+                                              attempts=())
+    return rec
+
+
+def hardware_for(manifest: Manifest, env: Mapping[str, str]) -> Hardware:
+    """Probe what this manifest needs: the CPU always; NVIDIA GPUs only if a CUDA build could be chosen."""
+    gpu = NO_GPU_PROBE
+    if manifest.has_cuda:
+        forced = force_for(manifest.module, env, _fatdispatch.registry)
+        if not cpu_only_force(forced, (v.name for v in manifest.variants if v.kind == "cpu")):
+            from ._gpu import probe_gpus
+
+            gpu = probe_gpus(env)
+    return Hardware(cpu=probe_cpu(), gpu=gpu)
+
+
+def decide(fullname: str, variants_dir: str, env: Mapping[str, str] | None = None) -> Selection:
+    """Read the manifest, probe, and select: everything short of loading."""
+    env = os.environ if env is None else env
+    manifest = read_manifest(variants_dir)
+    if manifest.module != fullname:
+        raise ManifestError(manifest.path, "module",
+                            f"describes {manifest.module!r} but was found for {fullname!r}: the build is misplaced")
+    return select(manifest, hardware_for(manifest, env), env, _fatdispatch.registry)
+
+
+def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
+    if any(k.startswith("FATDISPATCH_") and k not in KNOWN_VARIABLES for k in env):
+        for msg in unknown_variables(env):
+            sys.stderr.write(msg + "\n")
+    verbose = boolean(env, "FATDISPATCH_VERBOSE")
+    logging = sys.modules.get("logging")  # log only where the application already uses logging
+    if not verbose and logging is None:
+        return
+    from ._report import format_selection
+
+    text = format_selection(selection)
+    if verbose:
+        sys.stderr.write("".join(f"fatdispatch: {line}\n" for line in text.splitlines()))
+    if logging is not None:
+        logging.getLogger("fatdispatch").debug("%s", text)
+
+
+def _say_once(env: Mapping[str, str], message: str) -> None:
+    if message not in _said and boolean(env, "FATDISPATCH_VERBOSE"):
+        _said.add(message)
+        sys.stderr.write(f"fatdispatch: {message}\n")
+
+
+# ============================================================================
+# Loading
+# ============================================================================
+
+
+def _uses_amx(variant: Variant) -> bool:
+    """A build that needs AMX tiles, which Linux grants only on request."""
+    return any(f.startswith("amx") for f in variant.features)
+
+
+def resolve_file(variants_dir: str, variant: Variant) -> tuple[str | None, str]:
+    """The build's file as installed (trying every extension suffix), or None and why not."""
+    base = os.path.join(variants_dir, *variant.file.split("/"))
+    tried = []
+    for suffix in _fatdispatch.EXTENSION_SUFFIXES:
+        candidate = base + suffix
+        if os.path.isfile(candidate):
+            return candidate, ""
+        tried.append(os.path.basename(candidate))
+    return None, f"file missing: {os.path.dirname(base)}/{{{','.join(tried)}}}"
+
+
+def check_chosen(selection: Selection, variants_dir: str) -> dict[str, str]:
+    """Every build of ``selection.order`` that would be refused at load, with why (what ``report`` shows):
+    the same file checks an import applies."""
+    roots = _fatdispatch.confinement_roots(variants_dir)
+    by_name = {c.variant.name: c.variant for c in selection.candidates}
+    problems = {}
+    for build in selection.order:
+        variant = by_name[build]
+        path, why = resolve_file(variants_dir, variant)
+        try:
+            if path is None:
+                raise _fatdispatch.Rejected(why)
+            _fatdispatch.check_build(path, roots, variant.arch)
+        except _fatdispatch.Rejected as exc:
+            problems[build] = str(exc)
+    return problems
+
+
+def load(spec: Any, variants_dir: str) -> ModuleType:
+    """Decide and load ``spec.name`` the full way (:class:`_fatdispatch.FatLoader` calls this on a miss)."""
+    env = os.environ
+    selection = decide(spec.name, variants_dir, env)
+    _report_decision(selection, env)
+    return load_selection(spec, variants_dir, selection, env)
+
+
+def load_selection(spec: Any, variants_dir: str, sel: Selection, env: Mapping[str, str]) -> ModuleType:
+    """Load the first build of ``sel.order`` that loads, under the stable name; remember a clean first choice."""
+    name = spec.name
+    attempts: list[tuple[str, str]] = []
+    if sel.error:
+        _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=())
+        raise NoUsableBuildError(f"fatdispatch: cannot import {name}: {sel.error}", name=name)
+    roots = _fatdispatch.confinement_roots(variants_dir)
+    by_name = {c.variant.name: c.variant for c in sel.candidates}
+    for build in sel.order:
+        variant = by_name[build]
+        path, why = resolve_file(variants_dir, variant)
+        if path is None:
+            attempts.append((build, why))
+            continue
+        try:
+            ident, real = _fatdispatch.check_build(path, roots, variant.arch)
+            module = _fatdispatch.load_extension(name, path, _uses_amx(variant))
+        except _fatdispatch.Rejected as exc:
+            attempts.append((build, str(exc)))
+            continue
+        except BaseException as exc:  # noqa: BLE001 - any failure of one build means: try the next
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            attempts.append((build, f"{type(exc).__name__}: {exc}"))
+            if variant.kind == "cuda" and sel.hardware.gpu.source == "cache":
+                from ._gpu import drop_cache
+
+                drop_cache(env)  # the cached GPU facts may be stale: ask NVML next time
+            continue
+        spec.origin = path
+        spec.has_location = True
+        module.__fatdispatch_variant__ = build  # type: ignore[attr-defined]
+        _records[name] = LoadRecord(module=name, variant=build, path=path, selection=sel, attempts=tuple(attempts))
+        if attempts:
+            _warn_fallback(name, build, attempts)
+            if cache_allowed(env):
+                _fatdispatch.forget_pick(variants_dir, env)
+        else:
+            remember(variants_dir, sel, variant, path, real, ident, env)
+        return module
+    _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=tuple(attempts))
+    lines = "\n".join(f"  {b}: {why}" for b, why in attempts)
+    raise NoUsableBuildError(f"fatdispatch: no build of {name} could be loaded; tried:\n{lines}",
+                             name=name, attempts=tuple(attempts))
+
+
+def remember(variants_dir: str, sel: Selection, variant: Variant, path: str, real: str, ident: str,
+             env: Mapping[str, str]) -> None:
+    """Write the pick of a clean load to the pick cache, where it can be read back: Linux x86-64, a decision
+    no ``FATDISPATCH_*`` variable shaped, CPU facts from CPUID, the cache allowed.  A folder that cannot be
+    used is said once under ``FATDISPATCH_VERBOSE``; it only means no cache."""
+    if not (_fatdispatch._PICKS_HERE and sel.cacheable and sel.hardware.cpu.source == "cpuid"
+            and cache_allowed(env)):
+        return
+    native = _fatdispatch.native()
+    if native is None:
+        return
+    cuda = any(c.variant.kind == "cuda" for c in sel.candidates)
+    try:
+        key = _fatdispatch.pick_key(variants_dir, native.cpu()["raw"], cuda, env)
+        entry = _fatdispatch.pick_entry(variants_dir, key, variant.name, path, real, ident, variant.arch,
+                                        variant.features, _uses_amx(variant), cuda)
+        if entry is not None:
+            _fatdispatch.remember_pick(variants_dir, entry, env)
+    except OSError as exc:
+        _say_once(env, f"the pick cache cannot be written, so every import decides afresh: {exc}")
+
+
+def _warn_fallback(name: str, build: str, attempts: list[tuple[str, str]]) -> None:
+    text = "; ".join(f"{b}: {why}" for b, why in attempts)
+    msg = f"fatdispatch: {name} fell back to {build} after: {text}"
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("fatdispatch").warning("%s", msg)
+        return
+    import warnings
+
+    try:
+        warnings.warn(msg, RuntimeWarning, 3)
+    except RuntimeWarning:  # -W error: the import worked, so say it rather than fail it
+        sys.stderr.write(msg + "\n")
+
+
+__all__ = ["explain", "loaded", "hardware", "fat_modules", "registered", "install_slowly", "decide", "load",
+           "record", "resolve_file", "check_chosen", "MANIFEST_NAME"]
