@@ -5,7 +5,9 @@
 
 Measured side by side in one run, contenders interleaved, medians over many fresh interpreters:
 
-1. import overhead: ``import fatdemo`` (fat, dispatched) against the same package built as one plain extension;
+1. import overhead: ``import fatdemo`` (fat, dispatched) against the same package built as one plain extension,
+   on a CPU-only host (pick cached; first import; unusable cache folder), a simulated NVIDIA host and inside a
+   PyInstaller one-folder app (not in ``--tiny``);
 2. probe cost, cold (with its import) and warm: fatdispatch (the probe module alone, and through the package),
    archspec, py-cpuinfo, NumPy's __cpu_features__, and the floor: importing an empty compiled module;
 3. call overhead: a trivial function through the bound module against the same extension imported directly;
@@ -59,13 +61,13 @@ def med(xs: list[float]) -> float:
 # ---------------------------------------------------------------- the plain twin of fatdemo
 
 
-def build_plain_twin(work: Path, level_flags: list[str]) -> Path:
-    """fatdemo's _core.c built as one ordinary extension, in a package ``fatdemo_plain`` (no fatdispatch)."""
-    pkg = work / "fatdemo_plain"
+def build_plain_twin(site: Path, level_flags: list[str]) -> Path:
+    """fatdemo's _core.c built as one ordinary extension, in a package ``fatdemo_plain`` (no fatdispatch),
+    installed in ``site`` beside fatdemo, so both are found the same way along sys.path."""
+    pkg = site / "fatdemo_plain"
     pkg.mkdir(parents=True)
     init = (EXAMPLE / "src" / "fatdemo" / "__init__.py").read_text()
-    wiring = init[init.index("try:  # fatdispatch"):init.index("from . import _core")]
-    init = init.replace(wiring, "")
+    init = "".join(line for line in init.splitlines(keepends=True) if "_fatdispatch" not in line)
     init = init.replace("return str(_core.__fatdispatch_variant__)", "return 'plain'")
     (pkg / "__init__.py").write_text(init)
     inc = sysconfig.get_paths()["include"]
@@ -73,30 +75,61 @@ def build_plain_twin(work: Path, level_flags: list[str]) -> Path:
     subprocess.run(["cc", "-shared", "-fPIC", "-O2", *level_flags, f"-I{inc}", "-DFATDISPATCH_VARIANT=\"plain\"",
                     str(EXAMPLE / "src" / "fatdemo" / "_core.c"), "-o", str(out)], check=True)
     compileall.compile_dir(str(pkg), quiet=1)
-    return work
+    return site
 
 
 IMPORT_CODE = ("import time; t = time.perf_counter(); import {mod}; dt = time.perf_counter() - t; "
                "import json; print(json.dumps({{'s': dt, 'v': {mod}.variant()}}))")
+NO_CACHE_DIR = "/proc/fatdispatch-cache"  # a folder nobody can create: an unusable cache folder for any user
 
 
-def bench_import(py: str, twin: Path, runs: int, cache_home: Path) -> dict:
-    """``import fatdemo`` three ways, interleaved: answered by the pick cache (what every import after the first
-    one is), with the pick cache off (the full path: manifest, probe, decision; what the first import costs), and
-    the plain extension."""
-    env_fat = clean_env(XDG_CACHE_HOME=str(cache_home))
-    env_full = clean_env(XDG_CACHE_HOME=str(cache_home), FATDISPATCH_CACHE="0")
-    env_plain = clean_env(PYTHONPATH=str(twin))
-    first = child(py, IMPORT_CODE.format(mod="fatdemo"), env_fat)  # fills the pick cache
-    fat, full, plain = [], [], []
-    for _ in range(runs):  # interleaved
-        fat.append(child(py, IMPORT_CODE.format(mod="fatdemo"), env_fat)["s"])
-        full.append(child(py, IMPORT_CODE.format(mod="fatdemo"), env_full)["s"])
-        plain.append(child(py, IMPORT_CODE.format(mod="fatdemo_plain"), env_plain)["s"])
-    return {"runs": runs, "first_import_s": first["s"], "fat_s": fat, "full_path_s": full, "plain_s": plain,
-            "fat_median_s": med(fat), "full_path_median_s": med(full), "plain_median_s": med(plain),
-            "added_median_s": med(fat) - med(plain), "full_path_added_median_s": med(full) - med(plain),
-            "ratio": med(fat) / med(plain)}
+def bench_import(py: str, runs: int, work: Path, gpu_host: "dict | None" = None) -> dict:
+    """``import fatdemo`` against the plain twin (``import fatdemo_plain``, the same site-packages), interleaved
+    in fresh interpreters, in every situation a host can be in:
+
+    * ``hit``: the pick cache answers (every import after the first one);
+    * ``first``: a fresh cache folder each time (the full decision, every reason, and writing the pick);
+    * ``unwritable``: a cache folder that cannot be used and no XDG_RUNTIME_DIR (the full decision, no write);
+    * ``runtime_dir``: the same with a private XDG_RUNTIME_DIR, which keeps the picks instead;
+    * ``gpu_hit`` / ``gpu_first`` (where ``gpu_host`` runs commands on a simulated NVIDIA host).
+    """
+    base = clean_env()
+    base.pop("XDG_RUNTIME_DIR", None)
+    run_dir = work / "run"
+    run_dir.mkdir(mode=0o700)
+    cases: dict[str, tuple[str, dict[str, str]]] = {
+        "plain": ("fatdemo_plain", dict(base, XDG_CACHE_HOME=str(work / "hit"))),
+        "hit": ("fatdemo", dict(base, XDG_CACHE_HOME=str(work / "hit"))),
+        "first": ("fatdemo", dict(base)),
+        "unwritable": ("fatdemo", dict(base, XDG_CACHE_HOME=NO_CACHE_DIR, HOME=NO_CACHE_DIR)),
+        "runtime_dir": ("fatdemo", dict(base, XDG_CACHE_HOME=NO_CACHE_DIR, HOME=NO_CACHE_DIR,
+                                        XDG_RUNTIME_DIR=str(run_dir))),
+    }
+    child(py, IMPORT_CODE.format(mod="fatdemo"), cases["hit"][1])  # fills the pick caches
+    child(py, IMPORT_CODE.format(mod="fatdemo"), cases["runtime_dir"][1])
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    picks: dict[str, str] = {}
+    for i in range(runs):  # interleaved
+        for name, (mod, env) in cases.items():
+            if name == "first":
+                env = dict(env, XDG_CACHE_HOME=str(work / f"first-{i}"))
+            r = child(py, IMPORT_CODE.format(mod=mod), env)
+            samples[name].append(r["s"])
+            picks[name] = r["v"]
+    if gpu_host is not None:
+        for name, value in gpu_host["run"](py, runs).items():
+            samples[name] = value["s"]
+            picks[name] = value["v"]
+    plain = med(samples["plain"])
+    out: dict[str, object] = {"runs": runs, "picks": picks, "samples_s": samples,
+                              "median_s": {k: med(v) for k, v in samples.items()}}
+    out["added_s"] = {k: med(v) - (med(samples["gpu_plain"]) if k.startswith("gpu_") and "gpu_plain" in samples
+                                   else plain) for k, v in samples.items() if not k.endswith("plain")}
+    # the names the earlier results and the tests read
+    out.update(fat_median_s=med(samples["hit"]), plain_median_s=plain, full_path_median_s=med(samples["first"]),
+               added_median_s=med(samples["hit"]) - plain, full_path_added_median_s=med(samples["first"]) - plain,
+               ratio=med(samples["hit"]) / plain)
+    return out
 
 
 PROBE_MODULE = "fatdispatch: `_fatdispatch_cpu.cpu()`"
@@ -104,8 +137,6 @@ FLOOR = "floor: import of an empty compiled module"
 PROBES = {
     # The probe alone: one small compiled module, no package import (what a tool that only wants the CPU uses).
     PROBE_MODULE: ("import _fatdispatch_cpu as m; m.cpu()", "m.cpu()"),
-    # The same probe in the import path's helper (it also holds the pick cache, the finder and a JSON reader).
-    "fatdispatch: `_fatdispatch.cpu()`": ("import _fatdispatch as m; m.cpu()", "m.cpu()"),
     # The same probe as the runtime records it (a CPU value with its notes), through the package.
     "fatdispatch: `fatdispatch._cpu.probe_cpu()`": ("import fatdispatch._cpu as r; r.probe_cpu()",
                                                    "r._cpu_cached = None; r.probe_cpu()"),
@@ -162,7 +193,7 @@ def bench_probes(py: str, runs: int, slow_runs: int) -> dict:
 
 
 def build_floor_module(py: str) -> None:
-    """An extension module with nothing in it, beside ``_fatdispatch`` in the benchmark venv (same flags)."""
+    """An extension module with nothing in it, beside ``_fatdispatch_cpu`` in the benchmark venv (same flags)."""
     site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     src = Path(site) / "fd_bench_empty.c"
@@ -217,12 +248,62 @@ def bench_venv(work: Path, tiny: bool) -> str:
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = site_of(str(py))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", site,
                     *map(str, wheels.glob("*.whl"))], check=True, capture_output=True)
     compileall.compile_dir(site, quiet=1)
     return str(py)
+
+
+def site_of(py: str) -> str:
+    return subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def simulated_gpu_host(work: Path) -> "dict | None":
+    """Runs the import benchmark on a simulated NVIDIA host (tests/simdriver: a libnvidia-ml.so.1 built against
+    NVIDIA's nvml.h and a libcuda.so.1 stub, found on the library path, /proc/driver/nvidia in a private mount
+    namespace), or None where it cannot be made here."""
+    try:
+        sys.path.insert(0, str(ROOT / "tests"))
+        import simdriver  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - the benchmark runs without it, and says why
+        print(f"   (no simulated GPU host: {type(exc).__name__}: {exc})", flush=True)
+        return None
+    finally:
+        sys.path.pop(0)
+    return simdriver.benchmark_host(work, IMPORT_CODE, child_env=clean_env()) if hasattr(
+        simdriver, "benchmark_host") else None
+
+
+FROZEN_APP = ("import time, sys\nt = time.perf_counter()\nimport {mod}\ndt = time.perf_counter() - t\n"
+              "print(dt, {mod}.variant())\n")
+
+
+def bench_frozen(py: str, work: Path, runs: int) -> dict:
+    """``import fatdemo`` inside a PyInstaller one-folder app against the same app importing the plain twin."""
+    work.mkdir()
+    apps = {}
+    for name, mod in (("fat", "fatdemo"), ("plain", "fatdemo_plain")):
+        script = work / f"{name}_app.py"
+        script.write_text(FROZEN_APP.format(mod=mod))
+        proc = subprocess.run([py, "-m", "PyInstaller", "--onedir", "--noconfirm", "--log-level", "WARN",
+                               "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
+                               "--specpath", str(work), str(script)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"run": False, "why": f"PyInstaller failed: {proc.stderr[-300:]}"}
+        apps[name] = str(work / "dist" / f"{name}_app" / f"{name}_app")
+    env = clean_env(XDG_CACHE_HOME=str(work / "cache"))
+    subprocess.run([apps["fat"]], env=env, capture_output=True, check=True)  # fills the pick cache
+    samples: dict[str, list[float]] = {"fat": [], "plain": []}
+    picks = {}
+    for _ in range(runs):
+        for name, app in apps.items():
+            out = subprocess.run([app], env=env, capture_output=True, text=True, check=True).stdout.split()
+            samples[name].append(float(out[0]))
+            picks[name] = out[1]
+    return {"run": True, "runs": runs, "picks": picks, "samples_s": samples, "fat_median_s": med(samples["fat"]),
+            "plain_median_s": med(samples["plain"]), "added_s": med(samples["fat"]) - med(samples["plain"])}
 
 
 def bench_build(py: str, tiny: bool) -> dict:
@@ -277,10 +358,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         print("0/6 building the wheels into a fresh virtual environment ...", flush=True)
         bpy = bench_venv(Path(tmp), tiny)
-        twin = build_plain_twin(Path(tmp) / "twin", level_flags)
+        twin = build_plain_twin(Path(site_of(bpy)), level_flags)
         build_floor_module(bpy)
         print("1/6 import overhead ...", flush=True)
-        results["import"] = bench_import(bpy, twin, 3 if tiny else 41, Path(tmp) / "cache-home")
+        work = Path(tmp) / "import"
+        work.mkdir()
+        results["import"] = bench_import(bpy, 3 if tiny else 41, work, gpu_host=simulated_gpu_host(Path(tmp)))
+        if not tiny:
+            results["frozen"] = bench_frozen(bpy, Path(tmp) / "frozen", 21)
         print("2/6 probe cost ...", flush=True)
         os.environ["PYTHONPATH"] = dev_site  # the others' packages; fatdispatch comes from the fresh venv's wheel
         try:
@@ -310,12 +395,27 @@ def report(r: dict) -> str:
              f"{r['machine']['cpus']} CPUs" + (" (TINY run: numbers meaningless)" if r["tiny"] else ""), ""]
     lines.append("| measure | fatdispatch | reference | difference / ratio |")
     lines.append("|---|---|---|---|")
-    lines.append(f"| `import fatdemo`, pick cache answers (median of {imp['runs']} fresh interpreters, interleaved) | "
-                 f"{imp['fat_median_s'] * us:.0f} us | plain extension {imp['plain_median_s'] * us:.0f} us | "
-                 f"+{imp['added_median_s'] * us:.0f} us ({imp['ratio']:.2f}x) |")
-    lines.append(f"| `import fatdemo`, full path (FATDISPATCH_CACHE=0; what a first import costs) | "
-                 f"{imp['full_path_median_s'] * us:.0f} us | plain extension {imp['plain_median_s'] * us:.0f} us | "
-                 f"+{imp['full_path_added_median_s'] * us:.0f} us |")
+    rows = [("hit", "warm import, CPU-only host (the pick cache answers)", "< 0.4 ms added"),
+            ("gpu_hit", "warm import, simulated NVIDIA host (H200, driver 580)", "< 0.4 ms added"),
+            ("first", "first import: full decision with every reason, pick written", "< 1.5 ms added"),
+            ("gpu_first", "first import on the simulated NVIDIA host (NVML asked)", ""),
+            ("unwritable", "cache folder unusable, no XDG_RUNTIME_DIR (full decision, nothing kept)",
+             "no slower than a first import"),
+            ("runtime_dir", "cache folder unusable, private XDG_RUNTIME_DIR keeps the picks", "")]
+    for key, what, target in rows:
+        if key not in imp.get("added_s", {}):
+            continue
+        plain = imp["median_s"]["gpu_plain" if key.startswith("gpu_") and "gpu_plain" in imp["median_s"] else "plain"]
+        lines.append(f"| `import fatdemo`, {what} ({imp['runs']} fresh interpreters, interleaved; picks "
+                     f"{imp['picks'][key]}) | {imp['median_s'][key] * us:.0f} us | plain twin {plain * us:.0f} us | "
+                     f"+{imp['added_s'][key] * us:.0f} us {target} |")
+    fz = r.get("frozen")
+    if fz and fz.get("run"):
+        lines.append(f"| `import fatdemo` in a PyInstaller one-folder app, warm ({fz['runs']} runs; picks "
+                     f"{fz['picks']['fat']}) | {fz['fat_median_s'] * us:.0f} us | plain twin's app "
+                     f"{fz['plain_median_s'] * us:.0f} us | +{fz['added_s'] * us:.0f} us < 0.4 ms added |")
+    elif fz:
+        lines.append(f"| PyInstaller one-folder app | not run: {fz['why']} | | |")
     p = r["probe"]
     for name, d in p.items():
         if "error" in d:

@@ -13,10 +13,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from fatdispatch import _nvml, _runtime
-from fatdispatch import _cpu
-from fatdispatch import _runtime as _gpu
-from fatdispatch._runtime import Hardware, Manifest, parse_manifest
+from fatdispatch import _cpu, _nvml
+from fatdispatch import _records as _gpu
+from fatdispatch._manifest import parse_manifest
+from fatdispatch._records import Hardware, Manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"

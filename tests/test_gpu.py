@@ -11,9 +11,7 @@ import time
 import pytest
 
 from conftest import FIXTURES, GPU_FIXTURES, FakeNvml, gpu_fixture
-from fatdispatch import _nvml
-from fatdispatch import _runtime as rt
-from fatdispatch import _slowpath as _slow
+from fatdispatch import _cuda, _gpu, _nvml
 
 
 def answer(name: str) -> dict:
@@ -59,7 +57,7 @@ def test_missing_nvml_library() -> None:
 
 def test_hung_nvml_is_bounded() -> None:
     started = time.perf_counter()
-    g = _nvml.query_with_timeout(lambda: _nvml.query_nvml(lambda: FakeNvml(answer("h100-driver580"), hang=5),
+    g = _gpu.query_with_timeout(lambda: _nvml.query_nvml(lambda: FakeNvml(answer("h100-driver580"), hang=5),
                                                           lambda: True), timeout=0.3)
     assert time.perf_counter() - started < 2
     assert "did not answer" in (g.reason or "")
@@ -76,7 +74,7 @@ def test_no_driver_costs_one_check_and_imports_nothing() -> None:
     if os.path.exists("/proc/driver/nvidia/version"):
         pytest.skip("this machine has an NVIDIA driver")
     import subprocess
-    code = ("import sys; before=set(sys.modules); import fatdispatch._runtime as r; g=r.probe_gpus({}); "
+    code = ("import sys; before=set(sys.modules); import fatdispatch._gpu as r; g=r.probe_gpus({}); "
             "print(g.reason); print(','.join(m for m in ('ctypes','pynvml','fatdispatch._nvml','threading','json') "
             "if m in sys.modules and m not in before))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
@@ -111,24 +109,24 @@ def test_cuda_visible_devices(value: str | None, order: str | None, expected: li
         env["CUDA_VISIBLE_DEVICES"] = value
     if order:
         env["CUDA_DEVICE_ORDER"] = order
-    visible, note = _slow.visible_gpus(GPUS, env)
+    visible, note = _cuda.visible_gpus(GPUS, env)
     assert [g.index for g in visible] == expected
     if value == "1" and order is None:
         assert note and "every GPU" in note
 
 
 def test_ambiguous_uuid_prefix_ends_the_list() -> None:
-    visible, _ = _slow.visible_gpus(SAME, {"CUDA_VISIBLE_DEVICES": "GPU-5eb07142"})
+    visible, _ = _cuda.visible_gpus(SAME, {"CUDA_VISIBLE_DEVICES": "GPU-5eb07142"})
     assert visible == ()
 
 
 def test_uniform_gpus_map_indices_exactly() -> None:
-    visible, note = _slow.visible_gpus(SAME, {"CUDA_VISIBLE_DEVICES": "1"})
+    visible, note = _cuda.visible_gpus(SAME, {"CUDA_VISIBLE_DEVICES": "1"})
     assert [g.index for g in visible] == [1] and note is None
 
 
 def test_mig_uuid_selects_its_parent() -> None:
-    visible, _ = _slow.visible_gpus(MIG, {"CUDA_VISIBLE_DEVICES": "MIG-5e1f0a2b-0000-4000-8000-0000000000a2"})
+    visible, _ = _cuda.visible_gpus(MIG, {"CUDA_VISIBLE_DEVICES": "MIG-5e1f0a2b-0000-4000-8000-0000000000a2"})
     assert [g.compute_capability for g in visible] == [(8, 0)]
 
 
@@ -137,93 +135,97 @@ def test_mig_uuid_selects_its_parent() -> None:
 
 @pytest.fixture
 def cache(tmp_path):
-    path = str(tmp_path / "fatdispatch" / "gpu-v1.json")
-    key = {"boot_id": "b", "driver": "NVRM 580", "gpus": ["0000:01:00.0"], "machine": "x86_64", "python_bits": True}
-    return path, key
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    path = tmp_path / "cache" / "fatdispatch" / _gpu.CACHE_DIR / _gpu.CACHE_FILE
+    return env, "the key", path
 
 
 def test_cache_round_trip(cache) -> None:
-    path, key = cache
+    env, key, path = cache
     g = gpu_fixture("h100-driver580")
-    _nvml.write_cache(path, key, g)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    hit = _slow.read_cache(path, key)
+    _gpu.write_cache(env, key, g)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    hit = _gpu.read_cache(env, key)
     assert hit is not None and hit.devices == g.devices and hit.source == "cache"
 
 
 def test_stale_key_is_ignored(cache) -> None:
-    path, key = cache
-    _nvml.write_cache(path, key, gpu_fixture("h100-driver580"))
-    assert _slow.read_cache(path, dict(key, driver="NVRM 590")) is None
-    assert _slow.read_cache(path, dict(key, boot_id="rebooted")) is None
+    env, key, _ = cache
+    _gpu.write_cache(env, key, gpu_fixture("h100-driver580"))
+    assert _gpu.read_cache(env, "another boot") is None
+
+
+def test_key_follows_what_the_facts_rest_on() -> None:
+    """No driver at all is a key of its own; with the visibility variables left out (applied afterwards)."""
+    key = _gpu.cache_key()
+    assert ("no-driver" in key) == (not os.path.exists("/proc/driver/nvidia/version"))
+    import _fatdispatch
+
+    assert _fatdispatch.gpu_facts_key({"CUDA_VISIBLE_DEVICES": "1"}) == _fatdispatch.gpu_facts_key({}) or \
+        os.path.exists("/proc/driver/nvidia/version")
 
 
 def test_world_writable_cache_is_ignored(cache) -> None:
-    path, key = cache
-    _nvml.write_cache(path, key, gpu_fixture("h100-driver580"))
+    env, key, path = cache
+    _gpu.write_cache(env, key, gpu_fixture("h100-driver580"))
     os.chmod(path, 0o666)
-    assert _slow.read_cache(path, key) is None
+    assert _gpu.read_cache(env, key) is None
 
 
 def test_corrupt_cache_is_ignored(cache) -> None:
-    path, key = cache
-    _nvml.write_cache(path, key, gpu_fixture("h100-driver580"))
-    for garbage in (b"", b"{", b"[]", b'{"schema": 1, "key": {}, "gpus": 5}', b"\xff\xfe",
-                    json.dumps({"schema": 1, "key": key, "gpus": {"devices": [{"compute_capability": [99, 99]}]}}).encode()):
-        with open(path, "wb") as f:
-            f.write(garbage)
-        assert _slow.read_cache(path, key) is None
+    env, key, path = cache
+    _gpu.write_cache(env, key, gpu_fixture("h100-driver580"))
+    for garbage in (b"", b"{", b"[]", b'{"schema": 2, "key": "the key", "gpus": 5}', b"\xff\xfe",
+                    json.dumps({"schema": 2, "key": key, "gpus": {"devices": [{"compute_capability": [99, 99]}]}}).encode()):
+        path.write_bytes(garbage)
+        assert _gpu.read_cache(env, key) is None
 
 
 def test_symlinked_cache_is_ignored(cache, tmp_path) -> None:
-    path, key = cache
-    target = tmp_path / "elsewhere.json"
-    _nvml.write_cache(str(target), key, gpu_fixture("h100-driver580"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.symlink(target, path)
-    assert _slow.read_cache(path, key) is None
+    env, key, path = cache
+    _gpu.write_cache({"XDG_CACHE_HOME": str(tmp_path / "elsewhere")}, key, gpu_fixture("h100-driver580"))
+    path.parent.mkdir(parents=True, mode=0o700)
+    os.symlink(tmp_path / "elsewhere" / "fatdispatch" / _gpu.CACHE_DIR / _gpu.CACHE_FILE, path)
+    assert _gpu.read_cache(env, key) is None
 
 
 def test_foreign_owned_cache_is_ignored(cache) -> None:
     if os.getuid() != 0:
         pytest.skip("needs root to chown")
-    path, key = cache
-    _nvml.write_cache(path, key, gpu_fixture("h100-driver580"))
+    env, key, path = cache
+    _gpu.write_cache(env, key, gpu_fixture("h100-driver580"))
     os.chown(path, 65534, -1)
-    assert _slow.read_cache(path, key) is None
+    assert _gpu.read_cache(env, key) is None
 
 
-def test_cache_never_widens_what_is_runnable(cache, monkeypatch) -> None:
-    """A hit in the cache is used only if the driver-derived key matches; otherwise NVML is asked again."""
-    path, key = cache
-    fake = gpu_fixture("h100-driver580")
-    _nvml.write_cache(path, dict(key, boot_id="another boot"), fake)
-    assert _slow.read_cache(path, key) is None
-
-
-def test_cuda_build_failing_to_load_drops_the_cached_gpu_facts(tmp_path, monkeypatch) -> None:
-    """If the cache said 'H100 usable' but the CUDA build then fails to load, the cache entry is removed."""
+def test_unloadable_cuda_builds_fall_back_to_the_cpu(tmp_path, monkeypatch) -> None:
+    """Cached GPU facts say an H100 is usable, but no CUDA build is a loadable file: every attempt is listed."""
     import json as _json
 
+    import _fatdispatch
     from conftest import demo_manifest, machine
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    path = _slow.cache_path({"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    _nvml.write_cache(path, {"k": 1}, gpu_fixture("h100-driver580"))
-    assert os.path.exists(path)
+    from fatdispatch import _load
+    from fatdispatch._errors import NoUsableBuildError
+    from fatdispatch._select import select
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    _gpu.write_cache(env, "k", gpu_fixture("h100-driver580"))
+    path = tmp_path / "cache" / "fatdispatch" / _gpu.CACHE_DIR / _gpu.CACHE_FILE
+    assert path.exists()
     variants = tmp_path / "_core.variants"
     m = demo_manifest()
     for v in m.variants:
-        f = variants / (v.file + rt.EXTENSION_SUFFIXES[0])
+        f = variants / (v.file + _fatdispatch.EXTENSION_SUFFIXES[0])
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(b"not a shared object")
     (variants / "manifest.json").write_text(_json.dumps({"schema": 1, "module": m.module, "variants": []}))
     hw = machine("host-sapphirerapids-vm", "h100-driver580")
     hw = hw.replace(gpu=hw.gpu.replace(source="cache"))
-    sel = rt.select(m, hw, {})
+    sel = select(m, hw, {})
     assert sel.chosen == "cuda-sm90"
-    loader = rt.FatLoader(sel, str(variants))
-    spec = rt.ModuleSpec(m.module, loader)
-    with pytest.raises(rt.NoUsableBuildError) as info:
-        loader.create_module(spec)
-    assert not os.path.exists(path)  # dropped after the CUDA build failed
+    spec = _fatdispatch.ModuleSpec(m.module, _fatdispatch)
+    with pytest.raises(NoUsableBuildError) as info:
+        _load.load_selection(spec, str(variants), sel, env)
     assert "cuda-sm90" in str(info.value) and "baseline" in str(info.value)
+    assert "not an ELF" in str(info.value)

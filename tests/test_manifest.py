@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from conftest import demo_manifest
 from fatdispatch import ManifestError
-from fatdispatch._runtime import json_loads, parse_manifest, read_manifest, resolve_file
+from fatdispatch._load import resolve_file
+from fatdispatch._manifest import json_loads, parse_manifest, read_manifest
 
 GOOD: dict[str, Any] = {"schema": 1, "module": "pkg._core", "generator": "test", "variants": [
     {"name": "baseline", "kind": "cpu", "file": "baseline/_core", "arch": "x86_64", "priority": 0,
@@ -144,21 +145,71 @@ def test_missing_and_huge_manifest(tmp_path: Path) -> None:
         read_manifest(str(tmp_path))
 
 
-def test_symlink_leaving_the_variants_folder_is_refused(tmp_path: Path) -> None:
+def _elf_so(path: Path) -> None:
+    """A copy of a real shared object (this interpreter's compiled primitives) at ``path``."""
+    import _fatdispatch_cpu
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(Path(_fatdispatch_cpu.__file__).read_bytes())
+
+
+def test_symlink_leaving_the_package_is_refused(tmp_path: Path) -> None:
+    """A build file, or a build folder, swapped for a symlink out of the installed package is refused by the
+    check every load applies (check_build), with what it really is."""
     import sysconfig
+
+    import _fatdispatch
+    from fatdispatch._load import confinement_roots
+
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     variants = tmp_path / "_core.variants"
     (variants / "baseline").mkdir(parents=True)
-    outside = tmp_path / "evil" / f"_core{suffix}"
-    outside.parent.mkdir()
-    outside.write_bytes(b"\x7fELF")
-    os.symlink(outside, variants / "baseline" / f"_core{suffix}")
-    m = parse_manifest(copy.deepcopy(GOOD), "m.json")
-    path, why = resolve_file(str(variants), m.variants[0])
-    assert path is None and "outside" in why
+    (variants / "manifest.json").write_text(json.dumps(GOOD))
+    _elf_so(tmp_path / "evil" / f"_core{suffix}")
+    os.symlink(tmp_path / "evil" / f"_core{suffix}", variants / "baseline" / f"_core{suffix}")
     os.symlink(tmp_path / "evil", variants / "cuda-sm90")  # a symlinked folder leaving the tree
-    path, why = resolve_file(str(variants), m.variants[1])
-    assert path is None
+    m = parse_manifest(copy.deepcopy(GOOD), "m.json")
+    roots = confinement_roots(str(variants))
+    for v in m.variants[:2]:
+        path, why = resolve_file(str(variants), v)
+        assert path is not None, why
+        ident, real, refused = _fatdispatch.check_build(path, roots, "x86_64")
+        assert refused is not None and "outside its installed package" in refused and str(tmp_path / "evil") in refused
+
+
+def test_an_install_made_of_symlinks_loads(tmp_path: Path) -> None:
+    """uv's symlink link mode, stow --no-folding, Bazel runfiles and Spack views link every file of the package
+    to a store: the builds lie beside the real manifest, the same installed tree, and are accepted."""
+    import sysconfig
+
+    import _fatdispatch
+    from fatdispatch._load import confinement_roots
+
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    store = tmp_path / "store" / "_core.variants"
+    _elf_so(store / "baseline" / f"_core{suffix}")
+    (store / "manifest.json").write_text(json.dumps(GOOD))
+    farm = tmp_path / "site" / "_core.variants"
+    (farm / "baseline").mkdir(parents=True)
+    os.symlink(store / "manifest.json", farm / "manifest.json")
+    os.symlink(store / "baseline" / f"_core{suffix}", farm / "baseline" / f"_core{suffix}")
+    m = parse_manifest(copy.deepcopy(GOOD), "m.json")
+    path, why = resolve_file(str(farm), m.variants[0])
+    assert path is not None, why
+    ident, real, refused = _fatdispatch.check_build(path, confinement_roots(str(farm)), "x86_64")
+    assert refused is None and real == str((store / "baseline" / f"_core{suffix}").resolve())
+    # but not a store file the manifest's tree does not hold
+    _elf_so(tmp_path / "other" / f"_core{suffix}")
+    os.unlink(farm / "baseline" / f"_core{suffix}")
+    os.symlink(tmp_path / "other" / f"_core{suffix}", farm / "baseline" / f"_core{suffix}")
+    assert _fatdispatch.check_build(path, confinement_roots(str(farm)), "x86_64")[2] is not None
+
+
+def test_fifo_manifest_cannot_hang(tmp_path: Path) -> None:
+    """A FIFO planted as manifest.json is refused at once (opened non-blocking, checked with fstat)."""
+    os.mkfifo(tmp_path / "manifest.json")
+    with pytest.raises(ManifestError, match="not a regular file"):
+        read_manifest(str(tmp_path))
 
 
 @settings(max_examples=300, deadline=None)
@@ -167,9 +218,8 @@ def test_symlink_leaving_the_variants_folder_is_refused(tmp_path: Path) -> None:
                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
                     max_leaves=20))
 def test_native_json_reader_agrees_with_json(value: Any) -> None:
-    """_fatdispatch.loads (the import path's JSON reader) against the json module, on text json itself wrote."""
-    import _fatdispatch
-
+    """json_loads (the manifest reader: CPython's C scanner without the json package) against the json module,
+    on text json itself wrote."""
     for text in (json.dumps(value), json.dumps(value, indent=1, ensure_ascii=False)):
-        assert _fatdispatch.loads(text) == json.loads(text)
-        assert _fatdispatch.loads(text.encode()) == json.loads(text)
+        assert json_loads(text) == json.loads(text)
+        assert json_loads(text.encode()) == json.loads(text)

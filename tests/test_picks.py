@@ -1,7 +1,7 @@
 """The pick cache: a later import reuses an earlier process's decision only while everything it rests on holds.
 
 Each test gets its own cache folder and its own copy of the installed example, so that what it checks (hit or
-miss, which build) is not decided by another test's run.
+miss, which build) is not decided by another test's run.  Attacks by another local user are in test_attacks.py.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -18,302 +19,351 @@ from conftest import qemu, run, site_packages
 
 pytestmark = pytest.mark.slow
 
+SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 STATE = """
-import json, sys, fatdemo, fatdispatch
-hit = "fatdispatch._runtime" not in sys.modules
+import json, sys, fatdemo
+hit = "fatdispatch" not in sys.modules
+import fatdispatch
 rec = fatdispatch.loaded("fatdemo._core")
 print(json.dumps({"variant": fatdemo.variant(), "hit": hit, "record": rec.variant, "attempts": list(rec.attempts),
-                  "ok": fatdemo.hamming(b"\\x0f" * 64, b"\\xf0" * 64) == 512,
+                  "ok": fatdemo.hamming(b"\\x0f" * 64, b"\\xf0" * 64) == 512, "file": fatdemo._core.__file__,
                   "chosen": rec.selection.chosen}))
 """
 
 
+class Copy:
+    """A private copy of the installed fatdemo with its own cache folder."""
+
+    def __init__(self, demo_venv: Path, clean_env: dict[str, str], tmp_path: Path) -> None:
+        self.py = demo_venv
+        self.site = tmp_path / "site"
+        shutil.copytree(site_packages(demo_venv) / "fatdemo", self.site / "fatdemo")
+        self.cache_home = tmp_path / "cache"
+        self.env = dict(clean_env, PYTHONPATH=str(self.site), XDG_CACHE_HOME=str(self.cache_home))
+        self.env.pop("XDG_RUNTIME_DIR", None)
+        self.variants = self.site / "fatdemo" / "_core.variants"
+        st = self.variants.stat()
+        self.entry = self.cache_home / "fatdispatch" / "picks-v3" / f"{st.st_dev:x}-{st.st_ino:x}"
+
+    def state(self, *prefix: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> dict:
+        return json.loads(run([*prefix, str(self.py), *args, "-c", STATE], env=env or self.env, cwd="/").stdout)
+
+    def so(self, build: str) -> Path:
+        return self.variants / build / f"_core{SUFFIX}"
+
+    def lines(self) -> list[str]:
+        return self.entry.read_text().split("\n")
+
+
 @pytest.fixture
-def setup(demo_venv: Path, clean_env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
-    """(environment, the copy's variants folder, its pick cache file) for a private copy of fatdemo."""
-    site = tmp_path / "site"
-    shutil.copytree(site_packages(demo_venv) / "fatdemo", site / "fatdemo")
-    env = dict(clean_env, PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "cache"))
-    variants = site / "fatdemo" / "_core.variants"
-    st = variants.stat()
-    return env, variants, tmp_path / "cache" / "fatdispatch" / "picks-v2" / f"{st.st_dev:x}-{st.st_ino:x}.json"
+def copy(demo_venv: Path, clean_env: dict[str, str], tmp_path: Path) -> Copy:
+    return Copy(demo_venv, clean_env, tmp_path)
 
 
-def state(py: Path, env: dict[str, str], *args: str) -> dict:
-    return json.loads(run([*args, str(py), "-c", STATE], env=env, cwd="/").stdout)
-
-
-def best(py: Path, env: dict[str, str]) -> str:
-    env = dict(env, FATDISPATCH_CACHE="0")
-    return str(json.loads(run([str(py), "-c", STATE], env=env, cwd="/").stdout)["variant"])
-
-
-def test_second_import_is_answered_by_the_cache(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
-    env, variants, cache = setup
-    first = state(demo_venv, env)
+def test_second_import_is_answered_by_the_cache(copy: Copy) -> None:
+    first = copy.state()
     assert not first["hit"] and first["ok"]
-    entry = json.loads(cache.read_text())
-    assert entry["variants"] == str(variants)
-    so = variants / first["variant"] / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
-    assert entry["build"] == first["variant"] and entry["path"] == str(so)
-    assert oct(cache.stat().st_mode & 0o777) == "0o600"
-    second = state(demo_venv, env)
+    lines = copy.lines()
+    assert lines[0] == "fatdispatch-pick 3" and lines[1] == str(copy.variants) and len(lines) == 12
+    assert lines[3] == first["variant"] and lines[4] == str(copy.so(first["variant"])) and lines[7] == "x86_64"
+    assert oct(copy.entry.stat().st_mode & 0o777) == "0o600"
+    assert oct(copy.entry.parent.stat().st_mode & 0o777) == oct(copy.entry.parent.parent.stat().st_mode & 0o777) \
+        == "0o700"
+    second = copy.state()
     assert second["hit"] and second["ok"] and second["variant"] == first["variant"]
     # loaded() rebuilds the full record on demand: the same decision, with every build's reason
     assert second["record"] == second["chosen"] == first["variant"] and second["attempts"] == []
 
 
-def test_any_fatdispatch_variable_bypasses_the_cache(demo_venv: Path,
-                                                     setup: tuple[dict[str, str], Path, Path]) -> None:
-    env, _, _ = setup
-    assert state(demo_venv, env)["variant"] != "baseline"
-    assert state(demo_venv, env)["hit"]
-    forced = state(demo_venv, dict(env, FATDISPATCH_FORCE="baseline"))
-    assert forced["variant"] == "baseline" and not forced["hit"]
-    assert not state(demo_venv, dict(env, FATDISPATCH_CACHE="0"))["hit"]
-    assert state(demo_venv, env)["hit"]  # a forced run does not overwrite the cached pick
+def test_any_fatdispatch_variable_bypasses_the_cache_and_forced_picks_are_never_written(copy: Copy) -> None:
+    native = copy.state()["variant"]
+    assert native != "baseline" and copy.state()["hit"]
+    before = copy.entry.read_bytes()
+    for env in ({"FATDISPATCH_FORCE": "baseline"}, {"FATDISPATCH_DISABLE": "avx2,avx512f"},
+                {"FATDISPATCH_FORCE": "baseline", "FATDISPATCH_UNSAFE_FORCE": "1"}, {"FATDISPATCH_CACHE": "0"}):
+        out = copy.state(env=dict(copy.env, **env))
+        assert not out["hit"], env
+        assert copy.entry.read_bytes() == before, env  # never written, never deleted
+    assert copy.state()["hit"]
+    copy.entry.unlink()
+    copy.state(env=dict(copy.env, FATDISPATCH_FORCE="baseline"))
+    assert not copy.entry.exists()  # a forced first import remembers nothing either
 
 
-def test_changed_manifest_misses(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
-    env, variants, _ = setup
-    state(demo_venv, env)
-    assert state(demo_venv, env)["hit"]
-    manifest = variants / "manifest.json"
+def test_a_decision_shaped_by_the_environment_is_never_written_whatever_the_environment_at_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer asks the decision whether FORCE/DISABLE/UNSAFE_FORCE shaped it, not the process environment
+    when the loader runs (which may have changed in between)."""
+    from conftest import demo_manifest, machine
+    from fatdispatch._select import select
+
+    sel = select(demo_manifest(), machine(), {"FATDISPATCH_FORCE": "baseline"})
+    assert sel.chosen == "baseline" and not sel.cacheable
+    assert select(demo_manifest(), machine(), {"FATDISPATCH_VERBOSE": "1"}).cacheable
+    assert not select(demo_manifest(), machine(), {"FATDISPATCH_DISABLE": "avx2"}).cacheable
+    import _fatdispatch
+
+    from fatdispatch import _load
+
+    wrote = []
+    monkeypatch.setattr(_load, "remember_pick", lambda *a: wrote.append(a))
+    _load.remember(str(tmp_path), sel, sel.candidate("baseline").variant, str(tmp_path / "x.so"), "", "", {})
+    assert wrote == [] and _fatdispatch._PICKS_HERE
+
+
+def test_changed_manifest_misses(copy: Copy) -> None:
+    copy.state()
+    assert copy.state()["hit"]
+    manifest = copy.variants / "manifest.json"
     st = manifest.stat()
     os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert not state(demo_venv, env)["hit"]
-    assert state(demo_venv, env)["hit"]
+    assert not copy.state()["hit"]
+    assert copy.state()["hit"]
 
 
-def test_untrusted_or_corrupt_cache_is_ignored(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
-    env, variants, cache = setup
-    state(demo_venv, env)
-    cache.chmod(0o666)  # another user could have written it
-    assert not state(demo_venv, env)["hit"]
-    cache.chmod(0o600)
-    entry = json.loads(cache.read_text())
-    for path in (f"{variants}/../../evil/_core.so", "/usr/lib/x86_64-linux-gnu/libc.so.6", 42):
-        entry["path"] = path
-        cache.write_text(json.dumps(entry))
-        cache.chmod(0o600)
-        after = state(demo_venv, env)
-        assert not after["hit"] and after["ok"], path
-    entry["path"] = str(variants / "x86-64-v2" / "_core.so")
-    entry["variants"] = str(variants.parent / "other.variants")  # another folder's entry (a reused inode)
-    cache.write_text(json.dumps(entry))
-    cache.chmod(0o600)
-    assert not state(demo_venv, env)["hit"]
-    cache.write_bytes(b"\x00garbage{")
-    after = state(demo_venv, env)
-    assert not after["hit"] and after["ok"]
-    assert state(demo_venv, env)["hit"]  # rewritten
+@pytest.mark.parametrize("line,value", [
+    (0, "fatdispatch-pick 2"), (1, "/elsewhere/_core.variants"), (2, "('another key',)"),
+    (4, "/usr/lib/x86_64-linux-gnu/libc.so.6"), (4, "{variants}/../../evil/_core.so"), (6, "(1, 2, 3, 4, 5, 1)"),
+    (7, "aarch64"), (8, "avx512_fp16 avx512f"), (9, "x"), (10, "0"), (10, "2"), (11, "trailing"),
+])
+def test_an_altered_entry_is_never_trusted(copy: Copy, line: int, value: str) -> None:
+    copy.state()
+    lines = copy.lines()
+    lines[line] = value.format(variants=copy.variants)
+    copy.entry.write_text("\n".join(lines))
+    after = copy.state()
+    # line 8 (a requirement this CPU lacks), 9 (AMX) and 10 (GPU facts) are checked, not trusted: a miss too
+    assert not after["hit"] and after["ok"], (line, value)
+    assert copy.state()["hit"]  # rewritten by the full path
 
 
-def test_cache_keeps_one_small_file_per_folder_and_prunes_the_oldest(tmp_path: Path) -> None:
-    from fatdispatch._slowpath import prune_picks, write_private_json
+def test_garbage_and_wrong_modes_are_ignored(copy: Copy) -> None:
+    copy.state()
+    good = copy.entry.read_bytes()
+    for data, mode in ((b"\x00garbage{", 0o600), (good, 0o644), (good, 0o666), (good * 20, 0o600)):
+        copy.entry.write_bytes(data)
+        copy.entry.chmod(mode)
+        after = copy.state()
+        assert not after["hit"] and after["ok"], (data[:20], oct(mode))
 
-    folder = tmp_path / "cache" / "fatdispatch" / "picks-v2"
-    for i in range(70):
-        write_private_json(str(folder / f"{i:x}-1.json"), {"n": i})
-        os.utime(folder / f"{i:x}-1.json", ns=(i * 10**9, i * 10**9))
-    assert oct(folder.stat().st_mode & 0o777) == oct(folder.parent.stat().st_mode & 0o777) == "0o700"
-    prune_picks(str(folder), keep=64)
-    left = sorted(json.loads(p.read_text())["n"] for p in folder.iterdir())
+
+def test_cache_keeps_one_small_file_per_folder_and_prunes_only_its_own_entries(tmp_path: Path) -> None:
+    from fatdispatch._load import _is_pick_name
+    from fatdispatch._privfile import open_private_dir, prune_private, write_private
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    fd, where = open_private_dir(env, "picks-v3", True)
+    try:
+        for i in range(70):
+            write_private(fd, f"{i:x}-1", b"entry")
+            os.utime(f"{where}/{i:x}-1", ns=(i * 10**9, i * 10**9))
+        for other in ("notes.txt", "README", "ab-cd.json", "zz-1"):
+            write_private(fd, other, b"not ours to delete")
+        Path(where, ".stale.1.2.tmp").write_bytes(b"a writer that died")
+        os.utime(f"{where}/.stale.1.2.tmp", ns=(0, 0))
+        prune_private(fd, _is_pick_name, 64)
+    finally:
+        os.close(fd)
+    left = sorted(int(p.name.split("-")[0], 16) for p in Path(where).iterdir() if _is_pick_name(p.name))
     assert left == list(range(6, 70))  # the 64 most recently written
+    assert {"notes.txt", "README", "ab-cd.json", "zz-1"} <= {p.name for p in Path(where).iterdir()}
+    assert not Path(where, ".stale.1.2.tmp").exists()
 
 
-def test_a_replaced_build_file_is_not_trusted(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
-    """The cached file is loaded again only while its (mtime, size, inode, device) are those that loaded: a
-    replaced file goes through the full path and its ELF check first."""
-    env, variants, _ = setup
-    first = state(demo_venv, env)["variant"]
-    so = variants / first / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
+def test_a_replaced_build_file_is_not_trusted(copy: Copy) -> None:
+    """The cached file is loaded again only while it is the very inode that was checked: a replaced file goes
+    through the full path and its checks first."""
+    first = copy.state()["variant"]
+    so = copy.so(first)
     data = so.read_bytes()
     so.unlink()
     so.write_bytes(data)  # same content, new inode
-    again = state(demo_venv, env)
+    again = copy.state()
     assert not again["hit"] and again["variant"] == first and again["attempts"] == []
-    assert state(demo_venv, env)["hit"]
+    assert copy.state()["hit"]
 
 
-def test_broken_cached_build_falls_back_and_is_forgotten(demo_venv: Path,
-                                                          setup: tuple[dict[str, str], Path, Path]) -> None:
-    env, variants, cache = setup
-    first = state(demo_venv, env)["variant"]
+def test_a_build_rewritten_in_place_with_its_mtime_restored_is_checked_again(copy: Copy) -> None:
+    """Truncated in place with utime() restoring its mtime: its ctime moved, so the hit is refused and the
+    full path's ELF check (not dlopen, which would die with SIGBUS) finds it truncated, then falls back."""
+    first = copy.state()["variant"]
     if first == "baseline":
         pytest.skip("needs a CPU above baseline")
-    so = variants / first / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
-    so.write_bytes(so.read_bytes()[:4096])  # truncated after the pick was cached
-    out = run([str(demo_venv), "-W", "ignore", "-c", STATE], env=env, cwd="/")
+    so = copy.so(first)
+    st = so.stat()
+    with open(so, "r+b") as f:
+        f.truncate(4096)
+    os.utime(so, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = run([str(copy.py), "-W", "ignore", "-c", STATE], env=copy.env, cwd="/")
     after = json.loads(out.stdout)
-    assert after["variant"] != first and after["ok"]
+    assert not after["hit"] and after["variant"] != first and after["ok"]
     assert [b for b, _ in after["attempts"]] == [first] and "truncated" in after["attempts"][0][1]
-    assert not cache.exists()
+    assert not copy.entry.exists()  # forgotten: its pick did not load
 
 
 @pytest.mark.qemu
 @pytest.mark.skipif(qemu() is None, reason="qemu-x86_64 missing (apt-get install qemu-user)")
-def test_a_pick_from_another_cpu_is_never_reused(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
+def test_a_pick_from_another_cpu_is_never_reused(copy: Copy) -> None:
     """The same cache folder seen by this CPU and by emulated older ones (a home shared across machines, a
     migrated VM): each CPU gets its own pick, never the other's."""
-    env, _, _ = setup
-    native = state(demo_venv, env)["variant"]
-    assert state(demo_venv, env)["hit"]
+    native = copy.state()["variant"]
+    assert copy.state()["hit"]
     for model, expected in (("Nehalem", "x86-64-v2"), ("qemu64", "baseline")):
-        emulated = state(demo_venv, env, qemu() or "qemu-x86_64", "-cpu", model)
+        emulated = copy.state(qemu() or "qemu-x86_64", "-cpu", model)
         assert emulated["variant"] == expected and emulated["ok"] and not emulated["hit"], (model, emulated)
-        again = state(demo_venv, env, qemu() or "qemu-x86_64", "-cpu", model)
+        again = copy.state(qemu() or "qemu-x86_64", "-cpu", model)
         assert again["variant"] == expected and again["hit"], (model, again)
-    back = state(demo_venv, env)
+    back = copy.state()
     assert back["variant"] == native and not back["hit"]
 
 
 def test_pick_key_follows_every_input(tmp_path: Path) -> None:
     import _fatdispatch
-
-    from fatdispatch._runtime import pick_key
+    import _fatdispatch_cpu
 
     variants = tmp_path / "_core.variants"
     variants.mkdir()
     (variants / "manifest.json").write_text("{}")
-    key = pick_key(str(variants))
-    assert key is not None and key[0] == sysconfig.get_config_var("EXT_SUFFIX")
-    assert len(key[1]) == 4 * 3  # mtime, size, inode of _runtime.py, _cpu.py, the helper, the manifest
-    raw = _fatdispatch.x86()
-    cpu = key[2]
-    assert cpu[4:8] == [raw["1"][0], raw["1"][1] & 0x00FFFFFF, *raw["1"][2:]]  # the same words x86() reads
-    assert cpu[8:20] == [*raw["7"], *raw["7.1"], *raw["0x80000001"]]
-    assert cpu[20:] == [raw["max_ext"], raw["xcr0"], raw.get("amx_permission")]
+    raw = _fatdispatch_cpu.cpu()["raw"]
+    key = _fatdispatch.pick_key(str(variants), raw, False, {})
+    words = _fatdispatch.cpu_words(raw)
+    assert repr(words) in key and sys.implementation.cache_tag in key
+    assert words[5] == (raw["1"][0], raw["1"][1] & 0x00FFFFFF, raw["1"][2], raw["1"][3])  # APIC id masked
     allowed = os.sched_getaffinity(0)
     try:
         for core in sorted(allowed):  # the APIC id differs per core; the key must not
             os.sched_setaffinity(0, {core})
-            assert pick_key(str(variants)) == key
+            assert _fatdispatch.pick_key(str(variants), _fatdispatch_cpu.cpu()["raw"], False, {}) == key
     finally:
         os.sched_setaffinity(0, allowed)
+    changed = dict(raw, xcr0=(raw.get("xcr0") or 0) ^ 0xE0)  # the OS stopped saving ZMM state
+    assert _fatdispatch.pick_key(str(variants), changed, False, {}) != key
+    gpu = _fatdispatch.pick_key(str(variants), raw, True, {})
+    assert gpu != key and _fatdispatch.gpu_facts_key({}) in gpu
     (variants / "manifest.json").write_text("{} ")
-    assert pick_key(str(variants)) != key
-    assert pick_key(str(tmp_path / "missing")) is None
+    assert _fatdispatch.pick_key(str(variants), raw, False, {}) != key
 
 
-def test_compiled_lookup_checks_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """_fatdispatch.cached_pick (the import path's whole check) against entries written where, and as,
-    _runtime writes them; it reads the process environment itself, so the variables are set for real here."""
-    import _fatdispatch
-
-    import fatdispatch
-    from fatdispatch._runtime import cache_root, file_identity, pick_file, pick_key
-
-    assert (_fatdispatch.PICKS_SCHEMA, _fatdispatch.PICKS_DIR, _fatdispatch.LINUX_DRIVER_FILES) == (
-        fatdispatch.PICKS_SCHEMA, fatdispatch.PICKS_DIR, fatdispatch.LINUX_DRIVER_FILES)
-    for name in [k for k in os.environ if k.startswith("FATDISPATCH_")]:
-        monkeypatch.delenv(name)
-    variants = tmp_path / "pkg" / "_core.variants"
-    (variants / "v2").mkdir(parents=True)
-    so = variants / "v2" / "_core.so"
-    so.write_bytes(b"\x7fELF")
-    (variants / "manifest.json").write_text("{}")
-
-    def lookup() -> object:
-        return _fatdispatch.cached_pick(str(variants))
-
-    def write(**changes: object) -> dict[str, object]:
-        entry = {"schema": 2, "variants": str(variants), "key": pick_key(str(variants)), "build": "v2",
-                 "path": str(so), "identity": file_identity(str(so)), "amx": False, "cuda": False}
-        entry.update(changes)
-        target = pick_file(str(variants))
-        assert target is not None
-        assert os.path.dirname(os.path.dirname(target)) == cache_root(os.environ)  # fatdispatch's one cache folder
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        Path(target).write_text(json.dumps(entry))
-        os.chmod(target, 0o600)
-        return entry
-
-    home = tmp_path / "home"
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    entry = write()  # ~/.cache/fatdispatch/picks-v2/...
-    assert lookup() == entry
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert lookup() is None
-    entry = write()
-    assert lookup() == entry
-    monkeypatch.setenv("FATDISPATCH_ANYTHING", "")
-    assert lookup() is None
-    monkeypatch.delenv("FATDISPATCH_ANYTHING")
-    entry = write(cuda=True)  # a module with CUDA builds: only where no NVIDIA driver is installed
-    driver = any(os.path.exists(f) for f in fatdispatch.LINUX_DRIVER_FILES)
-    assert lookup() == (None if driver else entry)
-    for bad in ({"schema": 10**30}, {"schema": True}, {"variants": str(tmp_path)}, {"key": []}, {"build": 1},
-                {"path": str(variants / "v2" / ".." / "v2" / "_core.so")}, {"path": str(tmp_path / "x.so")},
-                {"identity": [0, 0, 0, 0]}):
-        write(**bad)
-        assert lookup() is None, bad
-    write()
-    assert lookup() is not None
-    (variants / "manifest.json").write_text("{} ")  # the key follows the manifest
-    assert lookup() is None
-    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: no cache, as cache_root says
-    assert lookup() is None and pick_file(str(variants)) is None and cache_root(os.environ) is None
-
-
-def test_a_hit_imports_no_python_package(demo_venv: Path, setup: tuple[dict[str, str], Path, Path]) -> None:
-    """With the line fatdispatch.build writes (fatdemo has it by hand), a cached pick is found and loaded by the
-    compiled helper alone: the fatdispatch package is not even imported."""
-    env, _, _ = setup
+def test_a_hit_imports_no_python_package(copy: Copy) -> None:
+    """With the wiring line, a cached pick is found and loaded by _fatdispatch alone: the fatdispatch package
+    is not even imported."""
     code = ("import sys, fatdemo; print(fatdemo.variant(), 'fatdispatch' in sys.modules, "
-            "fatdemo.hamming(b'\\x0f' * 8, b'\\xf0' * 8))")
-    first = run([str(demo_venv), "-c", code], env=env, cwd="/").stdout.split()
-    again = run([str(demo_venv), "-c", code], env=env, cwd="/").stdout.split()
-    assert first[1:] == ["True", "64"]  # the first import decides on the full path, in Python
-    assert again == [first[0], "False", "64"]
+            "sorted(m for m in sys.modules if 'fatdispatch' in m), fatdemo.hamming(b'\\x0f' * 8, b'\\xf0' * 8))")
+    first = run([str(copy.py), "-c", code], env=copy.env, cwd="/").stdout.split(" ", 2)
+    again = run([str(copy.py), "-c", code], env=copy.env, cwd="/").stdout.strip()
+    assert first[1] == "True"  # the first import decides on the full path
+    assert again == f"{first[0]} False ['_fatdispatch', '_fatdispatch_cpu'] 64"
 
 
-def test_without_the_compiled_helper_everything_takes_the_full_path(
-        demo_venv: Path, setup: tuple[dict[str, str], Path, Path], tmp_path: Path) -> None:
-    """A fatdispatch without _fatdispatch (a platform it was not built for): the wiring falls back to
-    fatdispatch.install, the CPU comes from /proc/cpuinfo, nothing is cached, and the pick is the same."""
-    env, _, cache = setup
-    best_build = best(demo_venv, env)
-    site = Path(env["PYTHONPATH"])
-    shutil.copytree(site_packages(demo_venv) / "fatdispatch", site / "fatdispatch")  # no _fatdispatch beside it
+def test_without_the_compiled_primitives_everything_takes_the_full_path(copy: Copy, demo_venv: Path) -> None:
+    """A fatdispatch without _fatdispatch_cpu (a platform it was not built for): the CPU comes from
+    /proc/cpuinfo, nothing is cached, and the pick is the same."""
+    best_build = copy.state(env=dict(copy.env, FATDISPATCH_CACHE="0"))["variant"]
+    for name in ("fatdispatch", "_fatdispatch.py"):
+        src = site_packages(demo_venv) / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy.site / name)  # no _fatdispatch_cpu beside it
     code = ("import sys\n"
             "class Block:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name == '_fatdispatch': raise ImportError('no compiled helper here')\n"
+            "        if name == '_fatdispatch_cpu': raise ImportError('no compiled primitives here')\n"
             "sys.meta_path.insert(0, Block())\n"
             "import fatdemo, fatdispatch\n"
             "from fatdispatch import _cpu\n"
-            "print(fatdemo.variant(), '_fatdispatch' in sys.modules, _cpu.probe_cpu().source, "
+            "print(fatdemo.variant(), '_fatdispatch_cpu' in sys.modules, _cpu.probe_cpu().source, "
             "fatdemo.hamming(b'\\x0f' * 8, b'\\xf0' * 8))")
     for _ in range(2):
-        out = run([str(demo_venv), "-c", code], env=env, cwd="/").stdout.split()
+        out = run([str(copy.py), "-c", code], env=copy.env, cwd="/").stdout.split()
         assert out == [best_build, "False", "proc-cpuinfo", "64"]
-    assert not cache.exists()
+    assert not copy.entry.exists()
 
 
-def test_compiled_install_registers_all_or_none(tmp_path: Path) -> None:
-    """_fatdispatch.install (what a fat package's __init__ calls) and fatdispatch.install agree: every module's
-    folder is found before any is registered, and a missing one is the slow path's error, naming it."""
-    import sys
+def test_fatdispatch_cache_0_never_deletes_a_valid_entry(copy: Copy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fallback under FATDISPATCH_CACHE=0 leaves the cache alone (it may not be read, written or deleted)."""
+    first = copy.state()["variant"]
+    before = copy.entry.read_bytes()
+    from fatdispatch import _load
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(copy.cache_home))
+    forgot = []
+    monkeypatch.setattr(_load, "forget_pick", lambda *a: forgot.append(a))
+    bad = copy.variants / "broken"
+    (bad / first).mkdir(parents=True)
+    (bad / first / f"_core{SUFFIX}").write_bytes(b"not ELF")
+    from conftest import machine
+    from fatdispatch._manifest import read_manifest
+    from fatdispatch._select import select
+
+    import _fatdispatch
+
+    sel = select(read_manifest(str(copy.variants)), machine(), {"FATDISPATCH_CACHE": "0"})
+    spec = _fatdispatch.ModuleSpec("fatdemo._core", _fatdispatch)
+    with pytest.raises(Exception):  # every build of the recorded machine's order is unloadable from this folder
+        _load.load_selection(spec, str(bad), sel, {"FATDISPATCH_CACHE": "0"})
+    assert forgot == [] and copy.entry.read_bytes() == before
+
+
+def test_unwritable_cache_folder_costs_nothing_more_and_is_said_once(copy: Copy, tmp_path: Path) -> None:
+    """A read-only cache folder: the import works on the full path, FATDISPATCH_VERBOSE says why there is no
+    cache (once), and a private XDG_RUNTIME_DIR keeps the picks instead."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    env = dict(copy.env, XDG_CACHE_HOME=str(ro))
+    if os.getuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro.chmod(0o500)
+    out = run([str(copy.py), "-c", "import fatdemo"], env=dict(env, FATDISPATCH_VERBOSE="1"), cwd="/")
+    assert out.stderr.count("pick cache cannot be written") == 1
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    env["XDG_RUNTIME_DIR"] = str(run_dir)
+    assert not copy.state(env=env)["hit"]
+    assert copy.state(env=env)["hit"]  # kept in the runtime folder
+
+
+def test_runtime_folder_keeps_picks_where_the_home_cannot_be_used(copy: Copy, tmp_path: Path) -> None:
+    """A cache base this user does not own (or anyone may write) is never used; XDG_RUNTIME_DIR is."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # like /tmp: anyone could plant or swap folders there
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    env = dict(copy.env, XDG_CACHE_HOME=str(shared), XDG_RUNTIME_DIR=str(run_dir))
+    copy.state(env=env)
+    assert not (shared / "fatdispatch").exists()
+    assert copy.state(env=env)["hit"] and list((run_dir / "fatdispatch" / "picks-v3").iterdir())
+
+
+def test_install_registers_all_or_none(tmp_path: Path) -> None:
+    """install (what a fat package's __init__ calls): every module's folder is found before any is registered,
+    and a missing one is the full path's error, naming it; a bare string is refused."""
     import types
 
     import _fatdispatch
 
-    import fatdispatch
     from fatdispatch import FatDispatchError
 
     (tmp_path / "_a.variants").mkdir()
-    for install, pkg in ((_fatdispatch.install, "fdtest_c"), (fatdispatch.install, "fdtest_py")):
-        module = types.ModuleType(pkg)
-        module.__path__ = [str(tmp_path)]
-        sys.modules[pkg] = module
-        try:
-            with pytest.raises(FatDispatchError, match="_b.variants"):
-                install(pkg, ["_a", "_b"])
-            assert f"{pkg}._a" not in fatdispatch._registry
-            install(pkg, ["_a"])
-            assert fatdispatch._registry[f"{pkg}._a"] == str(tmp_path / "_a.variants")
-        finally:
-            del sys.modules[pkg]
-            fatdispatch._registry.pop(f"{pkg}._a", None)
+    pkg = "fdtest_pkg"
+    module = types.ModuleType(pkg)
+    module.__path__ = [str(tmp_path)]  # type: ignore[attr-defined]
+    sys.modules[pkg] = module
+    try:
+        with pytest.raises(FatDispatchError, match="_b.variants"):
+            _fatdispatch.install(pkg, ["_a", "_b"])
+        assert f"{pkg}._a" not in _fatdispatch.registry
+        with pytest.raises(TypeError, match="list of names"):
+            _fatdispatch.install(pkg, "_a")
+        _fatdispatch.install(pkg, ["_a"])
+        assert _fatdispatch.registry[f"{pkg}._a"] == str(tmp_path / "_a.variants")
+    finally:
+        del sys.modules[pkg]
+        _fatdispatch.registry.pop(f"{pkg}._a", None)
+
+
+def test_install_after_del_sys_modules_is_an_error_not_a_crash() -> None:
+    code = ("import sys, _fatdispatch\n"
+            "for k in list(sys.modules):\n"
+            "    if k not in ('sys', 'builtins', '_fatdispatch'): del sys.modules[k]\n"
+            "try:\n    _fatdispatch.install('gone', ['_core'])\nexcept ImportError as e:\n    print('error:', e)\n")
+    out = run([sys.executable, "-c", code])
+    assert "error:" in out.stdout and "not an imported package" in out.stdout

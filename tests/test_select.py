@@ -6,8 +6,8 @@ import pytest
 
 from conftest import demo_manifest, machine
 from fatdispatch import ConfigError
-from fatdispatch._runtime import select
-from fatdispatch._slowpath import format_selection, sm_fit
+from fatdispatch._cuda import sm_fit
+from fatdispatch._select import format_selection, select
 
 M = demo_manifest()
 
@@ -167,14 +167,14 @@ def test_disable() -> None:
 
 @pytest.mark.parametrize("name", ["FATDISPATCH_UNSAFE_FORCE", "FATDISPATCH_VERBOSE", "FATDISPATCH_GPU_CACHE"])
 def test_boolean_values(name: str) -> None:
-    from fatdispatch._runtime import boolean
+    from fatdispatch._env import boolean
     assert boolean({name: "Yes"}, name) is True and boolean({name: "0"}, name) is False
     with pytest.raises(ConfigError):
         boolean({name: "maybe"}, name)
 
 
 def test_unknown_variable_suggestion() -> None:
-    from fatdispatch._slowpath import unknown_variables
+    from fatdispatch._env import unknown_variables
     msgs = unknown_variables({"FATDISPATCH_FROCE": "cpu", "FATDISPATCH_FORCE": "cpu", "PATH": "/bin"})
     assert len(msgs) == 1 and "did you mean FATDISPATCH_FORCE" in msgs[0]
 
@@ -186,7 +186,7 @@ def test_packager_priority_overrides_level() -> None:
          "priority": -1 if v.name == "x86-64-v4" else 0,
          "requires": {"features": sorted(v.features), "x86_64_level": v.x86_64_level}}
         for v in M.variants if v.kind == "cpu"]}))
-    from fatdispatch._runtime import parse_manifest
+    from fatdispatch._manifest import parse_manifest
     sel = select(parse_manifest(raw, "<t>"), machine("host-sapphirerapids-vm"), {})
     assert sel.chosen == "x86-64-v3" and sel.order[-1] == "x86-64-v4"
 
@@ -229,8 +229,11 @@ def test_fuzzed_environment_never_crashes_or_loads_a_path(env: dict[str, str], c
                                               ("avx2", False), ("v1", False), ("cuda", True), (None, True)])
 def test_gpu_probe_skipped_when_force_rules_cuda_out(force: str | None, probes_gpu: bool,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import fatdispatch._runtime as rt
+    import fatdispatch._gpu as gpu
+    import fatdispatch._load as load
+    from fatdispatch._records import no_gpus
+
     calls = []
-    monkeypatch.setattr(rt, "probe_gpus", lambda env, use_cache: calls.append(1) or rt.no_gpus("test"))
-    rt.hardware_for(M, {} if force is None else {"FATDISPATCH_FORCE": force})
+    monkeypatch.setattr(gpu, "probe_gpus", lambda env: calls.append(1) or no_gpus("test"))
+    load.hardware_for(M, {} if force is None else {"FATDISPATCH_FORCE": force})
     assert bool(calls) == probes_gpu

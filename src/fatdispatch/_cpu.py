@@ -9,8 +9,6 @@ never cached on disk: valgrind, qemu and VM migration change them (the pick cach
 instead, re-read by every import).
 """
 
-from __future__ import annotations
-
 import _thread
 import os
 import sys
@@ -23,7 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable, Mapping
 
-_native: Any
+_native: "Any"
 try:
     import _fatdispatch_cpu
 
@@ -32,10 +30,10 @@ except ImportError:  # fatdispatch built without its compiled primitives: /proc/
     _native = None
 
 _TABLE_PATH = os.path.join(os.path.dirname(__file__), "_data", "cpu_features.json")
-_table: dict[str, Any] | None = None
+_table: "dict[str, Any] | None" = None
 
 
-def feature_table() -> dict[str, Any]:
+def feature_table() -> "dict[str, Any]":
     """The CPU feature vocabulary (``_data/cpu_features.json``): the one copy, also compiled into the
     primitives' decoder (``build_tools/gen_cpu_table.py``)."""
     global _table
@@ -44,12 +42,12 @@ def feature_table() -> dict[str, Any]:
     return _table
 
 
-def native() -> Any:
+def native() -> "Any":
     """The compiled primitives ``_fatdispatch_cpu``, or None."""
     return _native
 
 
-def x86_64_level(features: "frozenset[str] | set[str]", table: "Mapping[str, Any] | None" = None) -> int:
+def x86_64_level(features: "frozenset[str] | set[str]", table: "Mapping[str, Any] | None" = None) -> "int":
     """The highest psABI level whose features, and those of every lower level, are all present.
 
     Levels nest: with AVX2 masked off, AVX-512F alone does not make a v4 machine.
@@ -77,7 +75,7 @@ _MASKED = {
 }
 
 
-def x86_from_cpuid(raw: "Mapping[str, Any]", arch: str = "x86_64", source: str = "cpuid") -> "CPU":
+def x86_from_cpuid(raw: "Mapping[str, Any]", arch: "str" = "x86_64", source: "str" = "cpuid") -> "CPU":
     """Turn raw CPUID leaves and XCR0 into a :class:`CPU` (pure).
 
     ``raw`` has the keys ``_fatdispatch_cpu.x86()`` returns: ``max_leaf``, ``vendor``,
@@ -102,7 +100,7 @@ def masked_notes(masked: "Iterable[tuple[str, str, int, frozenset[str]]]", raw: 
                                      xcr0=raw.get("xcr0") or 0) for why, group, mask, names in masked)
 
 
-def normalize_arch(machine: str) -> str:
+def normalize_arch(machine: "str") -> "str":
     m = machine.lower()
     if m in ("x86_64", "amd64", "x64"):
         return "x86_64"
@@ -113,7 +111,7 @@ def normalize_arch(machine: str) -> str:
     return m
 
 
-def _machine() -> str:
+def _machine() -> "str":
     if sys.platform == "win32":
         return normalize_arch(os.environ.get("PROCESSOR_ARCHITECTURE", "AMD64"))
     return normalize_arch(os.uname().machine)
@@ -139,7 +137,7 @@ def probe_cpu() -> "CPU":
 
 def _probe_cpu_uncached() -> "CPU":
     if _native is not None and hasattr(_native, "cpu") and _machine() == "x86_64":
-        found: Any = _native.cpu()  # x86() and x86_decode() in one call; x86_from_cpuid(found["raw"]) gives the same CPU
+        found: "Any" = _native.cpu()  # x86() and x86_decode() in one call; x86_from_cpuid(found["raw"]) gives the same CPU
         return CPU(arch=found["arch"], features=found["features"], x86_64_level=found["x86_64_level"],
                    vendor=found["vendor"], source="cpuid", notes=masked_notes(found["masked"], found["raw"]))
     return probe_other_cpu(_machine(), _native)
@@ -148,7 +146,7 @@ def _probe_cpu_uncached() -> "CPU":
 # ---------------------------------------------------------------- off x86-64, or without the primitives
 
 
-def probe_other_cpu(arch: str, native: Any) -> CPU:
+def probe_other_cpu(arch: "str", native: "Any") -> "CPU":
     """The CPU probe off x86-64, or without the compiled helper: auxv, sysctl, then /proc/cpuinfo."""
     if native is not None and arch == "aarch64" and hasattr(native, "hwcaps"):
         h1, h2 = native.hwcaps()
@@ -163,7 +161,7 @@ def probe_other_cpu(arch: str, native: Any) -> CPU:
                source="none", notes=("no CPU probe works here: only builds that require no features are usable",))
 
 
-def _raw_cpuinfo() -> str | None:
+def _raw_cpuinfo() -> "str | None":
     try:
         fd = os.open("/proc/cpuinfo", os.O_RDONLY)
     except OSError:
@@ -176,8 +174,8 @@ def _raw_cpuinfo() -> str | None:
         os.close(fd)
 
 
-def aarch64_from_hwcaps(hwcap: int, hwcap2: int, source: str = "hwcap",
-                        table: Mapping[str, Any] | None = None) -> CPU:
+def aarch64_from_hwcaps(hwcap: "int", hwcap2: "int", source: "str" = "hwcap",
+                        table: "Mapping[str, Any] | None" = None) -> "CPU":
     """Turn Linux's ``AT_HWCAP``/``AT_HWCAP2`` words into a :class:`CPU`."""
     tab = (table or feature_table())["aarch64"]
     feats = {n for n, b in tab["hwcap"].items() if (hwcap >> b) & 1}
@@ -185,7 +183,7 @@ def aarch64_from_hwcaps(hwcap: int, hwcap2: int, source: str = "hwcap",
     return CPU(arch="aarch64", features=frozenset(feats), x86_64_level=None, vendor="", source=source, notes=())
 
 
-def from_sysctl(values: Mapping[str, int | None], arch: str, table: Mapping[str, Any] | None = None) -> CPU:
+def from_sysctl(values: "Mapping[str, int | None]", arch: "str", table: "Mapping[str, Any] | None" = None) -> "CPU":
     """macOS arm64: ``hw.optional.*`` values (``None`` where the name does not exist)."""
     tab = (table or feature_table())["aarch64"]
     feats = {"fp"}
@@ -193,7 +191,7 @@ def from_sysctl(values: Mapping[str, int | None], arch: str, table: Mapping[str,
     return CPU(arch=arch, features=frozenset(feats), x86_64_level=None, vendor="Apple", source="sysctl", notes=())
 
 
-def from_cpuinfo(text: str, arch: str, table: Mapping[str, Any] | None = None) -> CPU:
+def from_cpuinfo(text: "str", arch: "str", table: "Mapping[str, Any] | None" = None) -> "CPU":
     """Parse the first processor's flags from ``/proc/cpuinfo`` text.
 
     The fallback when the compiled helper is missing.  The kernel drops flags
@@ -201,7 +199,7 @@ def from_cpuinfo(text: str, arch: str, table: Mapping[str, Any] | None = None) -
     host's flags, so CPUID is always preferred.
     """
     tab = table or feature_table()
-    flags: list[str] = []
+    flags: "list[str]" = []
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
@@ -227,7 +225,7 @@ def from_cpuinfo(text: str, arch: str, table: Mapping[str, Any] | None = None) -
                source="proc-cpuinfo", notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
 
 
-def without(cpu: CPU, names: frozenset[str], why: str, table: Mapping[str, Any] | None = None) -> CPU:
+def without(cpu: "CPU", names: "frozenset[str]", why: "str", table: "Mapping[str, Any] | None" = None) -> "CPU":
     """``cpu`` with ``names`` removed (``FATDISPATCH_DISABLE``).
 
     Removing ``avx`` also removes everything that needs YMM state, and removing

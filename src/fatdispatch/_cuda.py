@@ -3,8 +3,6 @@ CUDA runtime a driver accepts, and which GPUs ``CUDA_VISIBLE_DEVICES`` shows.  N
 sources are named in ``../shared/REFERENCE.md`` (CUDA C++ Programming Guide, CUDA Compatibility guide).
 """
 
-from __future__ import annotations
-
 from ._manifest import parse_sm
 from ._records import GPU, CudaTargets
 
@@ -16,17 +14,17 @@ MATCH_NAMES = {3: "exact SASS", 2: "compatible SASS", 1: "PTX (JIT-compiled at f
 DRIVER_FLOORS = {12: 525, 13: 580}  # the lowest driver branch of each CUDA major
 
 
-def targets_text(cuda: CudaTargets) -> str:
+def targets_text(cuda: "CudaTargets") -> "str":
     return ", ".join([f"sm_{t}" for t in cuda.sass] + [f"compute_{t} (PTX)" for t in cuda.ptx])
 
 
-def max_sm(cuda: CudaTargets | None) -> int:
+def max_sm(cuda: "CudaTargets | None") -> "int":
     if cuda is None:
         return 0
     return max((major * 10 + minor for major, minor, _ in map(parse_sm, cuda.sass + cuda.ptx)), default=0)
 
 
-def runtime_problem(runtime: tuple[int, int], driver: tuple[int, int] | None) -> str | None:
+def runtime_problem(runtime: "tuple[int, int]", driver: "tuple[int, int] | None") -> "str | None":
     """Why a build made with CUDA ``runtime`` cannot run on a driver supporting CUDA ``driver``, or None."""
     if driver is not None and driver >= runtime:
         return None
@@ -37,7 +35,7 @@ def runtime_problem(runtime: tuple[int, int], driver: tuple[int, int] | None) ->
             f"update the NVIDIA driver{need}")
 
 
-def sm_fit(sass: tuple[str, ...], ptx: tuple[str, ...], cc: tuple[int, int]) -> int:
+def sm_fit(sass: "tuple[str, ...]", ptx: "tuple[str, ...]", cc: "tuple[int, int]") -> "int":
     """How a CUDA build's code fits one GPU: 3 exact SASS, 2 compatible SASS, 1 PTX, 0 none.
 
     Real ``sm_XY`` SASS runs on X.Y' with the same major and Y' >= Y; ``sm_XYa``
@@ -64,7 +62,7 @@ def sm_fit(sass: tuple[str, ...], ptx: tuple[str, ...], cc: tuple[int, int]) -> 
     return 0
 
 
-def _strtoul_prefix(text: str) -> int | None:
+def _strtoul_prefix(text: "str") -> "int | None":
     """The leading decimal digits of ``text`` as CUDA's strtoul reads them, or None."""
     digits = ""
     for ch in text:
@@ -74,7 +72,7 @@ def _strtoul_prefix(text: str) -> int | None:
     return int(digits) if digits else None
 
 
-def visible_gpus(gpus: Sequence[GPU], env: Mapping[str, str]) -> tuple[tuple[GPU, ...], str | None]:
+def visible_gpus(gpus: "Sequence[GPU]", env: "Mapping[str, str]") -> "tuple[tuple[GPU, ...], str | None]":
     """The devices CUDA would show this process, and a note where it is uncertain.
 
     Follows CUDA's rules for ``CUDA_VISIBLE_DEVICES``: unset means all; an empty
@@ -91,10 +89,10 @@ def visible_gpus(gpus: Sequence[GPU], env: Mapping[str, str]) -> tuple[tuple[GPU
         return devices, None
     pci_order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST").strip().upper() == "PCI_BUS_ID"
     uniform = len({g.compute_capability for g in devices}) <= 1
-    chosen: list[GPU] = []
+    chosen: "list[GPU]" = []
     note = None
     uncertain = False
-    seen: set[str] = set()
+    seen: "set[str]" = set()
     for entry in value.split(","):
         entry = entry.strip()
         if not entry:
@@ -130,7 +128,7 @@ def visible_gpus(gpus: Sequence[GPU], env: Mapping[str, str]) -> tuple[tuple[GPU
         note = ("CUDA_VISIBLE_DEVICES uses indices with mixed GPU models and CUDA_DEVICE_ORDER is not "
                 "PCI_BUS_ID: CUDA orders them fastest first, so a build must run on every GPU")
         return devices, note
-    result: list[GPU] = []
+    result: "list[GPU]" = []
     for g in chosen:
         if g not in result:
             result.append(g)

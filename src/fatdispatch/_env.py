@@ -20,8 +20,6 @@ by FORCE, DISABLE or UNSAFE_FORCE is never remembered.  An unknown ``FATDISPATCH
 "did you mean".
 """
 
-from __future__ import annotations
-
 from ._errors import ConfigError
 
 TYPE_CHECKING = False
@@ -38,7 +36,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
 
-def boolean(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+def boolean(env: "Mapping[str, str]", name: "str", default: "bool" = False) -> "bool":
     raw = env.get(name)
     if raw is None:
         return default
@@ -50,24 +48,24 @@ def boolean(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raise ConfigError(name, raw, "expected 1/true/yes/on or 0/false/no/off")
 
 
-def cache_allowed(env: Mapping[str, str]) -> bool:
+def cache_allowed(env: "Mapping[str, str]") -> "bool":
     """Whether any per-user cache may be read, written or deleted (``FATDISPATCH_CACHE``)."""
     return boolean(env, "FATDISPATCH_CACHE", True)
 
 
-def gpu_cache_allowed(env: Mapping[str, str]) -> bool:
+def gpu_cache_allowed(env: "Mapping[str, str]") -> "bool":
     return cache_allowed(env) and boolean(env, "FATDISPATCH_GPU_CACHE", True)
 
 
-def shapes_decision(env: Mapping[str, str]) -> bool:
+def shapes_decision(env: "Mapping[str, str]") -> "bool":
     """Whether the environment changes what would be chosen (such a decision is never remembered)."""
     return any(env.get(name, "").strip() for name in SHAPING)
 
 
-def _force_items(env: Mapping[str, str]) -> list[tuple[str | None, str, str]]:
+def _force_items(env: "Mapping[str, str]") -> "list[tuple[str | None, str, str]]":
     """``FATDISPATCH_FORCE`` as (module or None, value, item) triples, values lower-cased."""
     raw = env.get("FATDISPATCH_FORCE")
-    out: list[tuple[str | None, str, str]] = []
+    out: "list[tuple[str | None, str, str]]" = []
     for item in (raw or "").split(","):
         item = item.strip()
         if not item:
@@ -81,7 +79,7 @@ def _force_items(env: Mapping[str, str]) -> list[tuple[str | None, str, str]]:
     return out
 
 
-def force_for(module: str, env: Mapping[str, str], registered: Iterable[str] = ()) -> str | None:
+def force_for(module: "str", env: "Mapping[str, str]", registered: "Iterable[str]" = ()) -> "str | None":
     """The ``FATDISPATCH_FORCE`` value that applies to ``module``, lower-cased, or None.
 
     A ``module:value`` item wins over a bare value; two different items for the same module are an error.
@@ -109,7 +107,7 @@ def force_for(module: str, env: Mapping[str, str], registered: Iterable[str] = (
     return chosen[0] if chosen else None
 
 
-def cpu_only_force(forced: str | None, cpu_builds: Iterable[str]) -> bool:
+def cpu_only_force(forced: "str | None", cpu_builds: "Iterable[str]") -> "bool":
     """Whether a forced value rules every CUDA build out (then no GPU needs probing)."""
     if forced is None:
         return False
@@ -117,7 +115,7 @@ def cpu_only_force(forced: str | None, cpu_builds: Iterable[str]) -> bool:
     return token in ("cpu", "baseline") or token in {b.lower() for b in cpu_builds}
 
 
-def unknown_variables(env: Mapping[str, str]) -> list[str]:
+def unknown_variables(env: "Mapping[str, str]") -> "list[str]":
     """Messages for ``FATDISPATCH_*`` names that fatdispatch does not know (typos)."""
     out = []
     for key in env:
@@ -128,7 +126,7 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     return out
 
 
-def did_you_mean(word: str, options: Iterable[str]) -> str | None:
+def did_you_mean(word: "str", options: "Iterable[str]") -> "str | None":
     """The option sharing the most characters in order with ``word`` (a cheap ratio, no :mod:`difflib`)."""
     best, best_score = None, 0.0
     for opt in options:
@@ -144,7 +142,7 @@ def did_you_mean(word: str, options: Iterable[str]) -> str | None:
     return best if best_score >= 0.75 else None
 
 
-def disabled_features(env: Mapping[str, str], known: Iterable[str]) -> frozenset[str]:
+def disabled_features(env: "Mapping[str, str]", known: "Iterable[str]") -> "frozenset[str]":
     """``FATDISPATCH_DISABLE`` as feature names; an unknown name is an error with a "did you mean"."""
     raw = env.get("FATDISPATCH_DISABLE")
     if raw is None:

@@ -7,8 +7,6 @@ error class is named (``fatdispatch.NoUsableBuildError``): defining classes
 costs time on the import path.
 """
 
-from __future__ import annotations
-
 
 class FatDispatchError(ImportError):
     """Base class of every error fatdispatch raises."""
@@ -20,7 +18,7 @@ class ManifestError(FatDispatchError, ValueError):
     ``path`` names the manifest file and ``field`` the JSON path of the bad value.
     """
 
-    def __init__(self, path: str, field: str, problem: str) -> None:
+    def __init__(self, path: "str", field: "str", problem: "str") -> "None":
         self.field = field
         self.problem = problem
         where = f" (field {field})" if field else ""
@@ -30,7 +28,7 @@ class ManifestError(FatDispatchError, ValueError):
 class ConfigError(FatDispatchError, ValueError):
     """A ``FATDISPATCH_*`` environment variable has a value that cannot be used."""
 
-    def __init__(self, variable: str, value: str, problem: str) -> None:
+    def __init__(self, variable: "str", value: "str", problem: "str") -> "None":
         self.variable = variable
         self.value = value
         super().__init__(f"fatdispatch: {variable}={value!r}: {problem}")
@@ -39,7 +37,7 @@ class ConfigError(FatDispatchError, ValueError):
 class NoUsableBuildError(FatDispatchError):
     """No build of a fat module could be loaded; ``attempts`` says why for each."""
 
-    def __init__(self, message: str, *, name: str, attempts: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, message: "str", *, name: "str", attempts: "tuple[tuple[str, str], ...]" = ()) -> "None":
         self.attempts = attempts
         super().__init__(message, name=name)
 

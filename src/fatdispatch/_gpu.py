@@ -13,8 +13,6 @@
 :func:`fatdispatch._cuda.visible_gpus`, so the cache does not depend on them.
 """
 
-from __future__ import annotations
-
 import _thread
 import os
 import sys
@@ -23,6 +21,7 @@ import _fatdispatch
 
 from ._env import gpu_cache_allowed
 from ._manifest import json_loads
+from ._privfile import open_private_dir, remove_private, write_private
 from ._records import GPU, GPUs, no_gpus
 
 TYPE_CHECKING = False
@@ -35,10 +34,10 @@ CACHE_DIR = f"gpu-v{CACHE_SCHEMA}"
 CACHE_FILE = "facts"
 
 
-def driver_present() -> tuple[bool, str]:
+def driver_present() -> "tuple[bool, str]":
     """One cheap check for an installed NVIDIA driver, before anything is imported."""
     if sys.platform == "win32":
-        files: tuple[str, ...] = (os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvml.dll"),)
+        files: "tuple[str, ...]" = (os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvml.dll"),)
     elif sys.platform.startswith("linux"):
         files = _fatdispatch.LINUX_DRIVER_FILES
     else:
@@ -51,12 +50,12 @@ def driver_present() -> tuple[bool, str]:
 # ---------------------------------------------------------------- the per-user cache
 
 
-def cache_key() -> str:
+def cache_key() -> "str":
     """What a cached NVML answer rests on: the boot, the driver, the GPU set (not the visibility variables)."""
     return f"{_fatdispatch.gpu_facts_key({})} {os.uname().machine if hasattr(os, 'uname') else sys.platform}"
 
 
-def gpus_to_json(g: GPUs) -> dict[str, Any]:
+def gpus_to_json(g: "GPUs") -> "dict[str, Any]":
     return {"devices": [{"index": d.index, "name": d.name, "uuid": d.uuid,
                          "compute_capability": list(d.compute_capability), "mig_uuids": list(d.mig_uuids)}
                         for d in g.devices],
@@ -65,7 +64,7 @@ def gpus_to_json(g: GPUs) -> dict[str, Any]:
             "libcuda": g.libcuda, "reason": g.reason}
 
 
-def gpus_from_json(data: Any, source: str) -> GPUs:
+def gpus_from_json(data: "Any", source: "str") -> "GPUs":
     """Rebuild :class:`GPUs` from cached JSON; raises ValueError/TypeError/KeyError on any doubt."""
     if not isinstance(data, dict):
         raise ValueError("not an object")
@@ -94,10 +93,10 @@ def gpus_from_json(data: Any, source: str) -> GPUs:
                 reason=reason)
 
 
-def read_cache(env: Mapping[str, str], key: str) -> GPUs | None:
+def read_cache(env: "Mapping[str, str]", key: "str") -> "GPUs | None":
     """The cached answer, or None when missing, stale, not private or malformed."""
     try:
-        fd, _ = _fatdispatch.open_private_dir(env, CACHE_DIR, False)
+        fd, _ = open_private_dir(env, CACHE_DIR, False)
     except OSError:
         return None
     try:
@@ -115,30 +114,30 @@ def read_cache(env: Mapping[str, str], key: str) -> GPUs | None:
         return None
 
 
-def write_cache(env: Mapping[str, str], key: str, gpus: GPUs) -> None:
+def write_cache(env: "Mapping[str, str]", key: "str", gpus: "GPUs") -> "None":
     """Write the GPU answer to the per-user cache (atomically, privately); failures only mean no cache."""
     import json
 
     data = json.dumps({"schema": CACHE_SCHEMA, "key": key, "gpus": gpus_to_json(gpus)}).encode()
     try:
-        fd, _ = _fatdispatch.open_private_dir(env, CACHE_DIR, True)
+        fd, _ = open_private_dir(env, CACHE_DIR, True)
     except OSError:
         return
     try:
-        _fatdispatch.write_private(fd, CACHE_FILE, data)
+        write_private(fd, CACHE_FILE, data)
     except OSError:
         pass
     finally:
         os.close(fd)
 
 
-def drop_cache(env: Mapping[str, str]) -> None:
+def drop_cache(env: "Mapping[str, str]") -> "None":
     try:
-        fd, _ = _fatdispatch.open_private_dir(env, CACHE_DIR, False)
+        fd, _ = open_private_dir(env, CACHE_DIR, False)
     except OSError:
         return
     try:
-        _fatdispatch.remove_private(fd, CACHE_FILE)
+        remove_private(fd, CACHE_FILE)
     finally:
         os.close(fd)
 
@@ -146,13 +145,13 @@ def drop_cache(env: Mapping[str, str]) -> None:
 # ---------------------------------------------------------------- asking NVML
 
 
-def query_with_timeout(query: Callable[[], GPUs], timeout: float = NVML_TIMEOUT_S) -> GPUs:
+def query_with_timeout(query: "Callable[[], GPUs]", timeout: "float" = NVML_TIMEOUT_S) -> "GPUs":
     """Run ``query`` in a daemon thread; a hung driver must not hang ``import``."""
-    box: list[GPUs] = []
+    box: "list[GPUs]" = []
     done = _thread.allocate_lock()
     done.acquire()
 
-    def worker() -> None:
+    def worker() -> "None":
         try:
             box.append(query())
         except BaseException as exc:  # noqa: BLE001 - any failure means "no usable GPU"
@@ -167,11 +166,11 @@ def query_with_timeout(query: Callable[[], GPUs], timeout: float = NVML_TIMEOUT_
 
 
 _gpu_lock = _thread.allocate_lock()
-_gpu_cached: GPUs | None = None
+_gpu_cached: "GPUs | None" = None
 gpu_probe_count = 0
 
 
-def probe_gpus(env: Mapping[str, str] | None = None) -> GPUs:
+def probe_gpus(env: "Mapping[str, str] | None" = None) -> "GPUs":
     """This machine's NVIDIA GPUs, probed once per process and cached per user on disk."""
     global _gpu_cached, gpu_probe_count
     if _gpu_cached is not None:
@@ -183,7 +182,7 @@ def probe_gpus(env: Mapping[str, str] | None = None) -> GPUs:
         return _gpu_cached
 
 
-def _probe_uncached(env: Mapping[str, str]) -> GPUs:
+def _probe_uncached(env: "Mapping[str, str]") -> "GPUs":
     present, why = driver_present()
     if not present:
         return no_gpus(why)
@@ -203,7 +202,7 @@ def _probe_uncached(env: Mapping[str, str]) -> GPUs:
     return result
 
 
-def forget_gpus() -> None:
+def forget_gpus() -> "None":
     """Drop the in-process GPU answer (the next probe asks again)."""
     global _gpu_cached
     with _gpu_lock:

@@ -6,10 +6,8 @@ file passes :func:`_fatdispatch.check_build` first; a build that fails to load i
 tried.  A clean load of the first choice of a decision the environment did not shape is remembered in the
 pick cache (:func:`_fatdispatch.remember_pick`), which answers later imports.
 
-Called by :class:`_fatdispatch.FatLoader` (the import path) and by ``explain``/``report``.
+Called by :func:`_fatdispatch.create_module` (the import path's loader) and by ``explain``/``report``.
 """
-
-from __future__ import annotations
 
 import os
 import sys
@@ -20,16 +18,17 @@ from ._cpu import probe_cpu
 from ._env import KNOWN_VARIABLES, boolean, cache_allowed, cpu_only_force, force_for, unknown_variables
 from ._errors import FatDispatchError, ManifestError, NoUsableBuildError
 from ._manifest import MANIFEST_NAME, VARIANTS_SUFFIX, read_manifest
+from ._privfile import open_private_dir, prune_private, remove_private, write_private
 from ._records import NO_GPU_PROBE, Hardware, LoadRecord, Manifest, Selection, Variant
-from ._select import effective_hardware, select
+from ._select import effective_hardware, format_selection, select
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any, Iterable, Mapping
 
-_records: dict[str, LoadRecord] = {}
-_said: set[str] = set()  # messages said once per process
+_records: "dict[str, LoadRecord]" = {}
+_said: "set[str]" = set()  # messages said once per process
 
 
 # ============================================================================
@@ -37,7 +36,7 @@ _said: set[str] = set()  # messages said once per process
 # ============================================================================
 
 
-def explain(module: str, env: Mapping[str, str] | None = None) -> Selection:
+def explain(module: "str", env: "Mapping[str, str] | None" = None) -> "Selection":
     """The ranked decision for a registered fat module, with a reason for every build.  Loads nothing."""
     folder = _fatdispatch.registry.get(module)
     if folder is None:
@@ -46,12 +45,12 @@ def explain(module: str, env: Mapping[str, str] | None = None) -> Selection:
     return decide(module, folder, env)
 
 
-def loaded(module: str) -> LoadRecord | None:
+def loaded(module: "str") -> "LoadRecord | None":
     """What happened when ``module`` was imported (the build bound and every failed attempt), or None."""
     return record(module)
 
 
-def hardware(env: Mapping[str, str] | None = None, gpu: bool = True) -> Hardware:
+def hardware(env: "Mapping[str, str] | None" = None, gpu: "bool" = True) -> "Hardware":
     """The probed hardware (CPU always; NVIDIA GPUs when ``gpu``), with ``FATDISPATCH_DISABLE`` applied."""
     env = os.environ if env is None else env
     if gpu:
@@ -63,18 +62,18 @@ def hardware(env: Mapping[str, str] | None = None, gpu: bool = True) -> Hardware
     return effective_hardware(Hardware(cpu=probe_cpu(), gpu=g), env)
 
 
-def fat_modules(paths: Iterable[str] | None = None) -> dict[str, str]:
+def fat_modules(paths: "Iterable[str] | None" = None) -> "dict[str, str]":
     """Installed fat modules found on ``paths`` (default ``sys.path``): module name -> variants folder."""
     from ._discover import discover
 
     return discover(sys.path if paths is None else paths)
 
 
-def registered() -> dict[str, str]:
+def registered() -> "dict[str, str]":
     return dict(_fatdispatch.registry)
 
 
-def install_slowly(package: str, modules: Iterable[str] | None) -> None:
+def install_slowly(package: "str", modules: "Iterable[str] | None") -> "None":
     """:func:`_fatdispatch.install` for the rarer cases: finding the modules, and every error."""
     if isinstance(modules, str):
         raise TypeError(f"install({package!r}, {modules!r}): modules is a list of names, such as [{modules!r}]")
@@ -84,7 +83,7 @@ def install_slowly(package: str, modules: Iterable[str] | None) -> None:
         raise FatDispatchError(f"fatdispatch.install({package!r}): {package} is not an imported package; "
                                "call install(__name__) from the package's __init__.py")
     if modules is None:  # every <name>.variants folder
-        found: list[str] = []
+        found: "list[str]" = []
         for p in paths:
             try:
                 found.extend(n[: -len(VARIANTS_SUFFIX)] for n in os.listdir(p) if n.endswith(VARIANTS_SUFFIX))
@@ -95,7 +94,7 @@ def install_slowly(package: str, modules: Iterable[str] | None) -> None:
                                    f"{', '.join(paths)}{_where_builds_went(paths)}", name=package)
         modules = sorted(set(found))
     names = list(modules)
-    located: list[tuple[str, str]] = []
+    located: "list[tuple[str, str]]" = []
     for mod in names:
         folder = next((os.path.join(p, mod + VARIANTS_SUFFIX) for p in paths
                        if os.path.isdir(os.path.join(p, mod + VARIANTS_SUFFIX))), None)
@@ -107,7 +106,7 @@ def install_slowly(package: str, modules: Iterable[str] | None) -> None:
         _fatdispatch.register(fullname, folder)
 
 
-def _where_builds_went(paths: list[str]) -> str:
+def _where_builds_went(paths: "list[str]") -> "str":
     """Why a package has no variants folder, as far as can be told: a zip archive, a frozen application that
     did not carry the builds, or a build made without fatdispatch."""
     for p in paths:
@@ -132,7 +131,7 @@ def _where_builds_went(paths: list[str]) -> str:
 # ============================================================================
 
 
-def record(fullname: str) -> LoadRecord | None:
+def record(fullname: "str") -> "LoadRecord | None":
     """The load record of ``fullname``; for a module bound from the pick cache, built now (the same decision)."""
     rec = _records.get(fullname)
     hit = _fatdispatch.hits.get(fullname)
@@ -143,7 +142,7 @@ def record(fullname: str) -> LoadRecord | None:
     return rec
 
 
-def hardware_for(manifest: Manifest, env: Mapping[str, str]) -> Hardware:
+def hardware_for(manifest: "Manifest", env: "Mapping[str, str]") -> "Hardware":
     """Probe what this manifest needs: the CPU always; NVIDIA GPUs only if a CUDA build could be chosen."""
     gpu = NO_GPU_PROBE
     if manifest.has_cuda:
@@ -155,7 +154,7 @@ def hardware_for(manifest: Manifest, env: Mapping[str, str]) -> Hardware:
     return Hardware(cpu=probe_cpu(), gpu=gpu)
 
 
-def decide(fullname: str, variants_dir: str, env: Mapping[str, str] | None = None) -> Selection:
+def decide(fullname: "str", variants_dir: "str", env: "Mapping[str, str] | None" = None) -> "Selection":
     """Read the manifest, probe, and select: everything short of loading."""
     env = os.environ if env is None else env
     manifest = read_manifest(variants_dir)
@@ -165,7 +164,7 @@ def decide(fullname: str, variants_dir: str, env: Mapping[str, str] | None = Non
     return select(manifest, hardware_for(manifest, env), env, _fatdispatch.registry)
 
 
-def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
+def _report_decision(selection: "Selection", env: "Mapping[str, str]") -> "None":
     if any(k.startswith("FATDISPATCH_") and k not in KNOWN_VARIABLES for k in env):
         for msg in unknown_variables(env):
             sys.stderr.write(msg + "\n")
@@ -173,8 +172,6 @@ def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
     logging = sys.modules.get("logging")  # log only where the application already uses logging
     if not verbose and logging is None:
         return
-    from ._report import format_selection
-
     text = format_selection(selection)
     if verbose:
         sys.stderr.write("".join(f"fatdispatch: {line}\n" for line in text.splitlines()))
@@ -182,7 +179,14 @@ def _report_decision(selection: Selection, env: Mapping[str, str]) -> None:
         logging.getLogger("fatdispatch").debug("%s", text)
 
 
-def _say_once(env: Mapping[str, str], message: str) -> None:
+def log_decision(fullname: str) -> None:
+    """Log the decision behind a module bound from the pick cache (only where DEBUG logging is on)."""
+    rec = record(fullname)
+    if rec is not None:
+        _report_decision(rec.selection, {})
+
+
+def _say_once(env: "Mapping[str, str]", message: "str") -> "None":
     if message not in _said and boolean(env, "FATDISPATCH_VERBOSE"):
         _said.add(message)
         sys.stderr.write(f"fatdispatch: {message}\n")
@@ -193,12 +197,24 @@ def _say_once(env: Mapping[str, str], message: str) -> None:
 # ============================================================================
 
 
-def _uses_amx(variant: Variant) -> bool:
+def _uses_amx(variant: "Variant") -> "bool":
     """A build that needs AMX tiles, which Linux grants only on request."""
     return any(f.startswith("amx") for f in variant.features)
 
 
-def resolve_file(variants_dir: str, variant: Variant) -> tuple[str | None, str]:
+def confinement_roots(variants_dir: "str") -> "tuple[str, ...]":
+    """Where a build of ``variants_dir`` may really lie: inside the folder itself, or, for an install made of
+    symlinks (uv's symlink link mode, stow ``--no-folding``, Bazel runfiles, Spack views), inside the folder
+    that really holds the manifest: the same installed tree.  A build folder swapped for a symlink out of
+    the package lies in neither."""
+    roots = [os.path.realpath(variants_dir)]
+    manifest_root = os.path.dirname(os.path.realpath(os.path.join(variants_dir, MANIFEST_NAME)))
+    if manifest_root not in roots:
+        roots.append(manifest_root)
+    return tuple(roots)
+
+
+def resolve_file(variants_dir: "str", variant: "Variant") -> "tuple[str | None, str]":
     """The build's file as installed (trying every extension suffix), or None and why not."""
     base = os.path.join(variants_dir, *variant.file.split("/"))
     tried = []
@@ -210,40 +226,38 @@ def resolve_file(variants_dir: str, variant: Variant) -> tuple[str | None, str]:
     return None, f"file missing: {os.path.dirname(base)}/{{{','.join(tried)}}}"
 
 
-def check_chosen(selection: Selection, variants_dir: str) -> dict[str, str]:
+def check_chosen(selection: "Selection", variants_dir: "str") -> "dict[str, str]":
     """Every build of ``selection.order`` that would be refused at load, with why (what ``report`` shows):
     the same file checks an import applies."""
-    roots = _fatdispatch.confinement_roots(variants_dir)
+    roots = confinement_roots(variants_dir)
     by_name = {c.variant.name: c.variant for c in selection.candidates}
     problems = {}
     for build in selection.order:
         variant = by_name[build]
         path, why = resolve_file(variants_dir, variant)
-        try:
-            if path is None:
-                raise _fatdispatch.Rejected(why)
-            _fatdispatch.check_build(path, roots, variant.arch)
-        except _fatdispatch.Rejected as exc:
-            problems[build] = str(exc)
+        if path is not None:
+            why = _fatdispatch.check_build(path, roots, variant.arch)[2] or ""
+        if why:
+            problems[build] = why
     return problems
 
 
-def load(spec: Any, variants_dir: str) -> ModuleType:
-    """Decide and load ``spec.name`` the full way (:class:`_fatdispatch.FatLoader` calls this on a miss)."""
+def load(spec: "Any", variants_dir: "str") -> "ModuleType":
+    """Decide and load ``spec.name`` the full way (:func:`_fatdispatch.create_module` calls this on a miss)."""
     env = os.environ
     selection = decide(spec.name, variants_dir, env)
     _report_decision(selection, env)
     return load_selection(spec, variants_dir, selection, env)
 
 
-def load_selection(spec: Any, variants_dir: str, sel: Selection, env: Mapping[str, str]) -> ModuleType:
+def load_selection(spec: "Any", variants_dir: "str", sel: "Selection", env: "Mapping[str, str]") -> "ModuleType":
     """Load the first build of ``sel.order`` that loads, under the stable name; remember a clean first choice."""
     name = spec.name
-    attempts: list[tuple[str, str]] = []
+    attempts: "list[tuple[str, str]]" = []
     if sel.error:
         _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=())
         raise NoUsableBuildError(f"fatdispatch: cannot import {name}: {sel.error}", name=name)
-    roots = _fatdispatch.confinement_roots(variants_dir)
+    roots = confinement_roots(variants_dir)
     by_name = {c.variant.name: c.variant for c in sel.candidates}
     for build in sel.order:
         variant = by_name[build]
@@ -251,12 +265,12 @@ def load_selection(spec: Any, variants_dir: str, sel: Selection, env: Mapping[st
         if path is None:
             attempts.append((build, why))
             continue
-        try:
-            ident, real = _fatdispatch.check_build(path, roots, variant.arch)
-            module = _fatdispatch.load_extension(name, path, _uses_amx(variant))
-        except _fatdispatch.Rejected as exc:
-            attempts.append((build, str(exc)))
+        ident, real, refused = _fatdispatch.check_build(path, roots, variant.arch)
+        if refused is not None:
+            attempts.append((build, refused))
             continue
+        try:
+            module = _fatdispatch.load_extension(name, path, _uses_amx(variant))
         except BaseException as exc:  # noqa: BLE001 - any failure of one build means: try the next
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -273,7 +287,7 @@ def load_selection(spec: Any, variants_dir: str, sel: Selection, env: Mapping[st
         if attempts:
             _warn_fallback(name, build, attempts)
             if cache_allowed(env):
-                _fatdispatch.forget_pick(variants_dir, env)
+                forget_pick(variants_dir, env)
         else:
             remember(variants_dir, sel, variant, path, real, ident, env)
         return module
@@ -283,8 +297,8 @@ def load_selection(spec: Any, variants_dir: str, sel: Selection, env: Mapping[st
                              name=name, attempts=tuple(attempts))
 
 
-def remember(variants_dir: str, sel: Selection, variant: Variant, path: str, real: str, ident: str,
-             env: Mapping[str, str]) -> None:
+def remember(variants_dir: "str", sel: "Selection", variant: "Variant", path: "str", real: "str", ident: "str",
+             env: "Mapping[str, str]") -> "None":
     """Write the pick of a clean load to the pick cache, where it can be read back: Linux x86-64, a decision
     no ``FATDISPATCH_*`` variable shaped, CPU facts from CPUID, the cache allowed.  A folder that cannot be
     used is said once under ``FATDISPATCH_VERBOSE``; it only means no cache."""
@@ -300,12 +314,42 @@ def remember(variants_dir: str, sel: Selection, variant: Variant, path: str, rea
         entry = _fatdispatch.pick_entry(variants_dir, key, variant.name, path, real, ident, variant.arch,
                                         variant.features, _uses_amx(variant), cuda)
         if entry is not None:
-            _fatdispatch.remember_pick(variants_dir, entry, env)
+            remember_pick(variants_dir, entry, env)
     except OSError as exc:
         _say_once(env, f"the pick cache cannot be written, so every import decides afresh: {exc}")
 
 
-def _warn_fallback(name: str, build: str, attempts: list[tuple[str, str]]) -> None:
+def _is_pick_name(name: "str") -> "bool":
+    head, sep, tail = name.partition("-")
+    return bool(sep and head and tail) and all(c in "0123456789abcdef" for c in head + tail)
+
+
+def remember_pick(variants_dir: "str", entry: "bytes", env: "Mapping[str, str]") -> "None":
+    """Write a pick cache entry and keep the newest :data:`_fatdispatch.PICKS_KEEP`; :class:`OSError` where no
+    private folder can be used or written."""
+    name = _fatdispatch.pick_name(variants_dir)
+    dir_fd, _ = open_private_dir(env, _fatdispatch.PICKS_DIR, True)
+    try:
+        write_private(dir_fd, name, entry)
+        prune_private(dir_fd, _is_pick_name, _fatdispatch.PICKS_KEEP)
+    finally:
+        os.close(dir_fd)
+
+
+def forget_pick(variants_dir: "str", env: "Mapping[str, str]") -> "None":
+    """Drop the entry of ``variants_dir`` (its pick did not load cleanly)."""
+    try:
+        name = _fatdispatch.pick_name(variants_dir)
+        dir_fd, _ = open_private_dir(env, _fatdispatch.PICKS_DIR, False)
+    except OSError:
+        return
+    try:
+        remove_private(dir_fd, name)
+    finally:
+        os.close(dir_fd)
+
+
+def _warn_fallback(name: "str", build: "str", attempts: "list[tuple[str, str]]") -> "None":
     text = "; ".join(f"{b}: {why}" for b, why in attempts)
     msg = f"fatdispatch: {name} fell back to {build} after: {text}"
     logging = sys.modules.get("logging")

@@ -27,8 +27,6 @@ JSON is read with CPython's own C scanner (``_json``) without importing the :mod
 in :mod:`re`, a millisecond on the import path), strictly: one value, no NaN or Infinity, nothing after it.
 """
 
-from __future__ import annotations
-
 import os
 
 from ._errors import JSONError, ManifestError
@@ -45,7 +43,7 @@ MANIFEST_LIMIT = 1 << 20
 # ---------------------------------------------------------------- JSON
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: "str") -> "Any":
     raise ValueError(f"{name} is not allowed")
 
 
@@ -55,16 +53,16 @@ class _Context:
     strict = True
     object_hook = None
     object_pairs_hook = None
-    memo: dict[str, str] = {}
+    memo: "dict[str, str]" = {}
     parse_float = float
     parse_int = int
     parse_constant = staticmethod(_no_constant)
 
 
-_scanner: Any = None
+_scanner: "Any" = None
 
 
-def json_loads(text: str | bytes) -> Any:
+def json_loads(text: "str | bytes") -> "Any":
     """Parse ``text`` strictly as one JSON value; :class:`JSONError` says where it is wrong."""
     global _scanner
     if isinstance(text, bytes):
@@ -98,7 +96,7 @@ def json_loads(text: str | bytes) -> Any:
     return value
 
 
-def read_regular(path: str, limit: int) -> bytes:
+def read_regular(path: "str", limit: "int") -> "bytes":
     """The bytes of a regular file of at most ``limit`` bytes, opened non-blocking (a FIFO planted in its place
     cannot hang the import).  Raises :class:`OSError`, or :class:`JSONError` for the size."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -113,7 +111,7 @@ def read_regular(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_json(path: str, limit: int = MANIFEST_LIMIT) -> Any:
+def read_json(path: "str", limit: "int" = MANIFEST_LIMIT) -> "Any":
     """Read and parse a UTF-8 JSON file: :class:`OSError` for I/O problems, :class:`JSONError` for content."""
     return json_loads(read_regular(path, limit))
 
@@ -131,7 +129,7 @@ _REQUIRES_FIELDS = frozenset(("features", "x86_64_level", "cuda"))
 _CUDA_FIELDS = frozenset(("sass", "ptx", "runtime"))
 
 
-def parse_sm(target: str) -> tuple[int, int, str]:
+def parse_sm(target: "str") -> "tuple[int, int, str]":
     """``"90"`` -> (9, 0, ""), ``"90a"`` -> (9, 0, "a"), ``"100f"`` -> (10, 0, "f"); ValueError otherwise."""
     suffix = ""
     if target and target[-1] in "af":
@@ -141,7 +139,7 @@ def parse_sm(target: str) -> tuple[int, int, str]:
     return int(target[:-1]), int(target[-1]), suffix
 
 
-def _field_name(field: str | tuple[str | int, ...]) -> str:
+def _field_name(field: "str | tuple[str | int, ...]") -> "str":
     """``("variants", 0, "name")`` -> ``"variants[0].name"`` (built only when reporting an error)."""
     if isinstance(field, str):
         return field
@@ -157,14 +155,14 @@ class _Checker:
     Field paths are tuples, formatted only when something is wrong: the happy path builds no strings.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: "str") -> "None":
         self.path = path
 
-    def fail(self, field: str | tuple[str | int, ...], problem: str) -> ManifestError:
+    def fail(self, field: "str | tuple[str | int, ...]", problem: "str") -> "ManifestError":
         return ManifestError(self.path, _field_name(field), problem)
 
-    def obj(self, value: Any, field: str | tuple[str | int, ...], allowed: frozenset[str],
-            required: tuple[str, ...]) -> dict[str, Any]:
+    def obj(self, value: "Any", field: "str | tuple[str | int, ...]", allowed: "frozenset[str]",
+            required: "tuple[str, ...]") -> "dict[str, Any]":
         if type(value) is not dict:
             raise self.fail(field, f"expected an object, got {type(value).__name__}")
         if not allowed.issuperset(value):
@@ -177,8 +175,8 @@ class _Checker:
                                 "missing")
         return value
 
-    def string(self, value: Any, field: str | tuple[str | int, ...], chars: frozenset[str] | None = None,
-               maxlen: int = 128) -> str:
+    def string(self, value: "Any", field: "str | tuple[str | int, ...]", chars: "frozenset[str] | None" = None,
+               maxlen: "int" = 128) -> "str":
         if type(value) is not str:
             raise self.fail(field, f"expected a string, got {type(value).__name__}")
         if not value or len(value) > maxlen:
@@ -187,15 +185,15 @@ class _Checker:
             raise self.fail(field, f"{value!r} has characters outside {''.join(sorted(chars))!r}")
         return value
 
-    def integer(self, value: Any, field: str | tuple[str | int, ...], lo: int, hi: int) -> int:
+    def integer(self, value: "Any", field: "str | tuple[str | int, ...]", lo: "int", hi: "int") -> "int":
         if type(value) is not int:
             raise self.fail(field, f"expected an integer, got {type(value).__name__}")
         if not lo <= value <= hi:
             raise self.fail(field, f"{value} is outside {lo}..{hi}")
         return value
 
-    def strings(self, value: Any, field: tuple[str | int, ...], chars: frozenset[str] | None = None,
-                maxlen: int = 128) -> tuple[str, ...]:
+    def strings(self, value: "Any", field: "tuple[str | int, ...]", chars: "frozenset[str] | None" = None,
+                maxlen: "int" = 128) -> "tuple[str, ...]":
         if type(value) is not list:
             raise self.fail(field, f"expected a list, got {type(value).__name__}")
         if len(value) > 512:
@@ -207,7 +205,7 @@ class _Checker:
         return tuple(value)
 
 
-def _check_file(c: _Checker, value: Any, field: tuple[str | int, ...]) -> str:
+def _check_file(c: "_Checker", value: "Any", field: "tuple[str | int, ...]") -> "str":
     rel = c.string(value, field, _FILE_CHARS | {"/"}, 255)
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -215,7 +213,7 @@ def _check_file(c: _Checker, value: Any, field: tuple[str | int, ...]) -> str:
     return rel
 
 
-def _check_cuda(c: _Checker, value: Any, field: tuple[str | int, ...]) -> CudaTargets:
+def _check_cuda(c: "_Checker", value: "Any", field: "tuple[str | int, ...]") -> "CudaTargets":
     d = c.obj(value, field, _CUDA_FIELDS, ("sass", "ptx", "runtime"))
     sass = c.strings(d["sass"], (*field, "sass"), _NAME_CHARS, 8)
     ptx = c.strings(d["ptx"], (*field, "ptx"), _NAME_CHARS, 8)
@@ -235,7 +233,7 @@ def _check_cuda(c: _Checker, value: Any, field: tuple[str | int, ...]) -> CudaTa
     return CudaTargets(sass=sass, ptx=ptx, runtime=(major, minor))
 
 
-def parse_manifest(data: Any, path: str) -> Manifest:
+def parse_manifest(data: "Any", path: "str") -> "Manifest":
     """Validate decoded manifest JSON.  Pure: raises :class:`ManifestError` and nothing else."""
     c = _Checker(path)
     if type(data) is dict and "schema" in data:
@@ -253,7 +251,7 @@ def parse_manifest(data: Any, path: str) -> Manifest:
     if len(raw_variants) > MAX_VARIANTS:
         raise c.fail("variants", f"more than {MAX_VARIANTS} builds")
     variants = []
-    names: set[str] = set()
+    names: "set[str]" = set()
     for i, raw in enumerate(raw_variants):
         f = ("variants", i)
         v = c.obj(raw, f, _VARIANT_FIELDS, ("name", "kind", "file", "arch", "requires"))
@@ -289,7 +287,7 @@ def parse_manifest(data: Any, path: str) -> Manifest:
     return Manifest(module=module, schema=SCHEMA_VERSION, generator=generator, variants=tuple(variants), path=path)
 
 
-def read_manifest(variants_dir: str) -> Manifest:
+def read_manifest(variants_dir: "str") -> "Manifest":
     """Read ``<variants_dir>/manifest.json``; every problem is a :class:`ManifestError`."""
     path = os.path.join(variants_dir, MANIFEST_NAME)
     try:

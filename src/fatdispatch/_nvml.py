@@ -4,8 +4,6 @@ alone costs ~30 ms; never ``cuInit``, which breaks CUDA in forked children).
 Imported only where an NVIDIA driver is installed and neither the pick cache nor the GPU cache answered.
 """
 
-from __future__ import annotations
-
 import _thread
 import os
 import sys
@@ -23,7 +21,7 @@ class NvmlError(Exception):
              9: "DriverNotLoaded", 10: "Timeout", 12: "LibraryNotFound", 13: "FunctionNotFound", 15: "GpuIsLost",
              18: "LibRmVersionMismatch", 999: "Unknown"}
 
-    def __init__(self, code: int, call: str) -> None:
+    def __init__(self, code: "int", call: "str") -> "None":
         self.code = code
         self.call = call
         super().__init__(f"{call} failed: NVML_ERROR_{self.NAMES.get(code, str(code))} ({code})")
@@ -32,7 +30,7 @@ class NvmlError(Exception):
 class CtypesNvml:
     """The few NVML calls the probe needs, through ctypes (``libnvidia-ml.so.1``)."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> "None":
         import ctypes
 
         self._ct = ctypes
@@ -48,7 +46,7 @@ class CtypesNvml:
             raise NvmlError(12, "dlopen(libnvidia-ml.so.1)")
         self._lib = lib
 
-    def _call(self, name: str, *args: Any) -> None:
+    def _call(self, name: "str", *args: "Any") -> "None":
         try:
             fn = getattr(self._lib, name)
         except AttributeError:
@@ -57,49 +55,49 @@ class CtypesNvml:
         if rc != 0:
             raise NvmlError(int(rc), name)
 
-    def init(self) -> None:
+    def init(self) -> "None":
         self._call("nvmlInit_v2")
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> "None":
         self._call("nvmlShutdown")
 
-    def driver_version(self) -> str:
+    def driver_version(self) -> "str":
         buf = self._ct.create_string_buffer(96)
         self._call("nvmlSystemGetDriverVersion", buf, 96)
         return buf.value.decode("ascii", "replace")
 
-    def cuda_driver_version(self) -> int:
+    def cuda_driver_version(self) -> "int":
         v = self._ct.c_int(0)
         self._call("nvmlSystemGetCudaDriverVersion_v2", self._ct.byref(v))
         return int(v.value)
 
-    def device_count(self) -> int:
+    def device_count(self) -> "int":
         n = self._ct.c_uint(0)
         self._call("nvmlDeviceGetCount_v2", self._ct.byref(n))
         return int(n.value)
 
-    def handle(self, index: int) -> Any:
+    def handle(self, index: "int") -> "Any":
         h = self._ct.c_void_p()
         self._call("nvmlDeviceGetHandleByIndex_v2", self._ct.c_uint(index), self._ct.byref(h))
         return h
 
-    def compute_capability(self, handle: Any) -> tuple[int, int]:
+    def compute_capability(self, handle: "Any") -> "tuple[int, int]":
         major, minor = self._ct.c_int(0), self._ct.c_int(0)
         self._call("nvmlDeviceGetCudaComputeCapability", handle, self._ct.byref(major), self._ct.byref(minor))
         return int(major.value), int(minor.value)
 
-    def _string(self, call: str, handle: Any) -> str:
+    def _string(self, call: "str", handle: "Any") -> "str":
         buf = self._ct.create_string_buffer(96)
         self._call(call, handle, buf, self._ct.c_uint(96))
         return buf.value.decode("ascii", "replace")
 
-    def uuid(self, handle: Any) -> str:
+    def uuid(self, handle: "Any") -> "str":
         return self._string("nvmlDeviceGetUUID", handle)
 
-    def name(self, handle: Any) -> str:
+    def name(self, handle: "Any") -> "str":
         return self._string("nvmlDeviceGetName", handle)
 
-    def mig_uuids(self, handle: Any) -> list[str]:
+    def mig_uuids(self, handle: "Any") -> "list[str]":
         current, pending = self._ct.c_uint(0), self._ct.c_uint(0)
         try:
             self._call("nvmlDeviceGetMigMode", handle, self._ct.byref(current), self._ct.byref(pending))
@@ -120,7 +118,7 @@ class CtypesNvml:
         return out
 
 
-def _libcuda_present() -> bool:
+def _libcuda_present() -> "bool":
     """Whether the CUDA driver library can be loaded (without initialising CUDA)."""
     import ctypes
 
@@ -132,8 +130,8 @@ def _libcuda_present() -> bool:
     return True
 
 
-def query_nvml(nvml_factory: Callable[[], Any] = CtypesNvml,
-               libcuda_present: Callable[[], bool] = _libcuda_present) -> GPUs:
+def query_nvml(nvml_factory: "Callable[[], Any]" = CtypesNvml,
+               libcuda_present: "Callable[[], bool]" = _libcuda_present) -> "GPUs":
     """Ask NVML for every device.  Any NVML failure means "no usable GPU", with the reason kept."""
     try:
         nvml = nvml_factory()

@@ -5,8 +5,6 @@ Plain records with named fields, compared and hashed by value.  Not :mod:`datacl
 (``dataclass_transform``), so ``Variant(nmae="typo", kind=3)`` fails type checking.  Imports nothing.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterator, TypeVar
@@ -15,7 +13,7 @@ if TYPE_CHECKING:
 
     _R = TypeVar("_R", bound="Record")
 else:
-    def dataclass_transform(**_: object) -> object:
+    def dataclass_transform(**_: "object") -> "object":
         return lambda cls: cls
 
 
@@ -23,9 +21,9 @@ else:
 class Record:
     """Base of the value types: subclasses list their fields in ``__slots__`` and annotate them."""
 
-    __slots__: tuple[str, ...] = ()
+    __slots__: "tuple[str, ...]" = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: "Any", **kwargs: "Any") -> "None":
         fields = self.__slots__
         setter = object.__setattr__
         if not args and len(kwargs) == len(fields):  # the common, all-keywords case
@@ -48,23 +46,23 @@ class Record:
         for key in fields:
             setter(self, key, values[key])
 
-    def __setattr__(self, key: str, value: Any) -> None:
+    def __setattr__(self, key: "str", value: "Any") -> "None":
         raise AttributeError(f"{type(self).__name__} is immutable")
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> "Iterator[Any]":
         return (getattr(self, f) for f in self.__slots__)
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: "object") -> "bool":
         return type(other) is type(self) and tuple(self) == tuple(other)  # type: ignore[arg-type,unused-ignore]
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> "int":
         return hash((type(self).__name__, *self))
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> "str":
         body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
         return f"{type(self).__name__}({body})"
 
-    def replace(self: _R, **changes: Any) -> _R:
+    def replace(self: "_R", **changes: "Any") -> "_R":
         values = {f: getattr(self, f) for f in self.__slots__}
         values.update(changes)
         return type(self)(**values)
@@ -82,12 +80,12 @@ class CPU(Record):
     """
 
     __slots__ = ("arch", "features", "x86_64_level", "vendor", "source", "notes")
-    arch: str
-    features: frozenset[str]
-    x86_64_level: int | None
-    vendor: str
-    source: str
-    notes: tuple[str, ...]
+    arch: "str"
+    features: "frozenset[str]"
+    x86_64_level: "int | None"
+    vendor: "str"
+    source: "str"
+    notes: "tuple[str, ...]"
 
 
 # ---------------------------------------------------------------- the manifest
@@ -98,36 +96,36 @@ class CudaTargets(Record):
     the CUDA runtime version it was built with."""
 
     __slots__ = ("sass", "ptx", "runtime")
-    sass: tuple[str, ...]
-    ptx: tuple[str, ...]
-    runtime: tuple[int, int]
+    sass: "tuple[str, ...]"
+    ptx: "tuple[str, ...]"
+    runtime: "tuple[int, int]"
 
 
 class Variant(Record):
     """One build of a fat module, as its manifest describes it."""
 
     __slots__ = ("name", "kind", "file", "arch", "priority", "features", "x86_64_level", "cuda", "properties")
-    name: str
-    kind: str
-    file: str
-    arch: str
-    priority: int
-    features: frozenset[str]
-    x86_64_level: int | None
-    cuda: CudaTargets | None
-    properties: tuple[str, ...]
+    name: "str"
+    kind: "str"
+    file: "str"
+    arch: "str"
+    priority: "int"
+    features: "frozenset[str]"
+    x86_64_level: "int | None"
+    cuda: "CudaTargets | None"
+    properties: "tuple[str, ...]"
 
 
 class Manifest(Record):
     __slots__ = ("module", "schema", "generator", "variants", "path")
-    module: str
-    schema: int
-    generator: str
-    variants: tuple[Variant, ...]
-    path: str
+    module: "str"
+    schema: "int"
+    generator: "str"
+    variants: "tuple[Variant, ...]"
+    path: "str"
 
     @property
-    def has_cuda(self) -> bool:
+    def has_cuda(self) -> "bool":
         return any(v.kind == "cuda" for v in self.variants)
 
 
@@ -138,11 +136,11 @@ class GPU(Record):
     """One physical NVIDIA GPU, in NVML (PCI bus) order."""
 
     __slots__ = ("index", "name", "uuid", "compute_capability", "mig_uuids")
-    index: int
-    name: str
-    uuid: str
-    compute_capability: tuple[int, int]
-    mig_uuids: tuple[str, ...]
+    index: "int"
+    name: "str"
+    uuid: "str"
+    compute_capability: "tuple[int, int]"
+    mig_uuids: "tuple[str, ...]"
 
 
 class GPUs(Record):
@@ -153,15 +151,15 @@ class GPUs(Record):
     """
 
     __slots__ = ("devices", "driver_version", "cuda_driver_version", "libcuda", "source", "reason")
-    devices: tuple[GPU, ...]
-    driver_version: str
-    cuda_driver_version: tuple[int, int] | None
-    libcuda: bool
-    source: str
-    reason: str | None
+    devices: "tuple[GPU, ...]"
+    driver_version: "str"
+    cuda_driver_version: "tuple[int, int] | None"
+    libcuda: "bool"
+    source: "str"
+    reason: "str | None"
 
 
-def no_gpus(reason: str, source: str = "none") -> GPUs:
+def no_gpus(reason: "str", source: "str" = "none") -> "GPUs":
     return GPUs(devices=(), driver_version="", cuda_driver_version=None, libcuda=False, source=source, reason=reason)
 
 
@@ -173,18 +171,18 @@ NO_GPU_PROBE = no_gpus("not probed: this module has no CUDA build or FATDISPATCH
 
 class Hardware(Record):
     __slots__ = ("cpu", "gpu")
-    cpu: CPU
-    gpu: GPUs
+    cpu: "CPU"
+    gpu: "GPUs"
 
 
 class Candidate(Record):
     """One build, whether it can run here (``usable``), and why it was or was not chosen."""
 
     __slots__ = ("variant", "usable", "reason", "score")
-    variant: Variant
-    usable: bool
-    reason: str
-    score: tuple[int, ...]
+    variant: "Variant"
+    usable: "bool"
+    reason: "str"
+    score: "tuple[int, ...]"
 
 
 class Selection(Record):
@@ -197,20 +195,20 @@ class Selection(Record):
     """
 
     __slots__ = ("module", "candidates", "order", "forced", "hardware", "notes", "error", "cacheable")
-    module: str
-    candidates: tuple[Candidate, ...]
-    order: tuple[str, ...]
-    forced: str | None
-    hardware: Hardware
-    notes: tuple[str, ...]
-    error: str | None
-    cacheable: bool
+    module: "str"
+    candidates: "tuple[Candidate, ...]"
+    order: "tuple[str, ...]"
+    forced: "str | None"
+    hardware: "Hardware"
+    notes: "tuple[str, ...]"
+    error: "str | None"
+    cacheable: "bool"
 
     @property
-    def chosen(self) -> str | None:
+    def chosen(self) -> "str | None":
         return self.order[0] if self.order else None
 
-    def candidate(self, name: str) -> Candidate:
+    def candidate(self, name: "str") -> "Candidate":
         for c in self.candidates:
             if c.variant.name == name:
                 return c
@@ -222,8 +220,8 @@ class LoadRecord(Record):
     and every build that failed to load before it, with why."""
 
     __slots__ = ("module", "variant", "path", "selection", "attempts")
-    module: str
-    variant: str | None
-    path: str | None
-    selection: Selection
-    attempts: tuple[tuple[str, str], ...]
+    module: "str"
+    variant: "str | None"
+    path: "str | None"
+    selection: "Selection"
+    attempts: "tuple[tuple[str, str], ...]"

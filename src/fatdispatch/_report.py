@@ -10,28 +10,13 @@ from . import __version__
 from ._errors import FatDispatchError
 from ._load import check_chosen, fat_modules, hardware, registered
 from ._manifest import read_manifest
-from ._select import select
+from ._select import format_selection, select
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping
 
     from ._records import Hardware, Selection
-
-
-def format_selection(sel: Selection) -> str:
-    """A human-readable account of the decision, one line per build."""
-    lines = []
-    if sel.error:
-        lines.append(f"{sel.module}: nothing can be loaded: {sel.error}")
-    else:
-        lines.append(f"{sel.module} -> {sel.chosen}")
-    for c in sel.candidates:
-        mark = "*" if c.variant.name == sel.chosen else ("+" if c.usable else "-")
-        lines.append(f"  {mark} {c.variant.name:<16} {c.reason}")
-    for n in sel.notes:
-        lines.append(f"  note: {n}")
-    return "\n".join(lines)
 
 
 def describe_hardware(hw: Hardware) -> dict[str, Any]:

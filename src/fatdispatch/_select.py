@@ -14,8 +14,6 @@ The environment's rules (``FATDISPATCH_FORCE``, ``FATDISPATCH_DISABLE``, ``FATDI
 :mod:`fatdispatch._env`'s; NVIDIA's are :mod:`fatdispatch._cuda`'s.
 """
 
-from __future__ import annotations
-
 from ._cpu import feature_table, without
 from ._cuda import MATCH_NAMES, max_sm, runtime_problem, sm_fit, targets_text, visible_gpus
 from ._env import ALIASES, CATEGORIES, boolean, disabled_features, force_for, shapes_decision
@@ -27,7 +25,7 @@ if TYPE_CHECKING:
     from typing import Iterable, Mapping
 
 
-def effective_hardware(hw: Hardware, env: Mapping[str, str]) -> Hardware:
+def effective_hardware(hw: "Hardware", env: "Mapping[str, str]") -> "Hardware":
     """``hw`` with ``FATDISPATCH_DISABLE`` applied."""
     if "FATDISPATCH_DISABLE" not in env:
         return hw
@@ -42,7 +40,7 @@ def effective_hardware(hw: Hardware, env: Mapping[str, str]) -> Hardware:
     return hw.replace(cpu=without(hw.cpu, off, "FATDISPATCH_DISABLE", table))
 
 
-def _missing_features(v: Variant, cpu: CPU) -> str | None:
+def _missing_features(v: "Variant", cpu: "CPU") -> "str | None":
     if v.arch != cpu.arch:
         return f"built for {v.arch}; this machine is {cpu.arch}"
     missing = sorted(v.features - cpu.features)
@@ -59,7 +57,7 @@ def _missing_features(v: Variant, cpu: CPU) -> str | None:
     return text
 
 
-def _judge_cuda(v: Variant, gpu: GPUs, visible: tuple[GPU, ...], vis_note: str | None) -> tuple[str | None, int]:
+def _judge_cuda(v: "Variant", gpu: "GPUs", visible: "tuple[GPU, ...]", vis_note: "str | None") -> "tuple[str | None, int]":
     assert v.cuda is not None
     if gpu.reason is not None:
         return f"no usable NVIDIA GPU: {gpu.reason}", 0
@@ -79,7 +77,7 @@ def _judge_cuda(v: Variant, gpu: GPUs, visible: tuple[GPU, ...], vis_note: str |
     return None, min(fits)
 
 
-def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str], registered: Iterable[str] = ()) -> Selection:
+def select(manifest: "Manifest", hardware: "Hardware", env: "Mapping[str, str]", registered: "Iterable[str]" = ()) -> "Selection":
     """Rank every build of ``manifest`` for ``hardware`` under ``env``.
 
     Pure.  Raises :class:`ConfigError` only for malformed ``FATDISPATCH_*``
@@ -89,7 +87,7 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str], regis
     hw = effective_hardware(hardware, env)
     forced = force_for(module, env, registered)
     unsafe = boolean(env, "FATDISPATCH_UNSAFE_FORCE")
-    notes: list[str] = []
+    notes: "list[str]" = []
     if hw.gpu.devices:
         visible, vis_note = visible_gpus(hw.gpu.devices, env)
     else:
@@ -97,13 +95,13 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str], regis
     if vis_note:
         notes.append(vis_note)
 
-    judged: list[tuple[Variant, str | None, tuple[int, ...]]] = []
+    judged: "list[tuple[Variant, str | None, tuple[int, ...]]]" = []
     for idx, v in enumerate(manifest.variants):
         why = _missing_features(v, hw.cpu)
         fit = 0
         if why is None and v.kind == "cuda":
             why, fit = _judge_cuda(v, hw.gpu, visible, vis_note)
-        score: tuple[int, ...] = (1 if v.kind == "cuda" else 0, fit, v.priority, v.x86_64_level or 0,
+        score: "tuple[int, ...]" = (1 if v.kind == "cuda" else 0, fit, v.priority, v.x86_64_level or 0,
                                   len(v.features), max_sm(v.cuda), -idx)
         judged.append((v, why, score))
 
@@ -116,7 +114,7 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str], regis
         error = f"no build of {module} can run on this machine"
 
     best = order[0] if order else None
-    cands: list[Candidate] = []
+    cands: "list[Candidate]" = []
     for v, why, score in judged:
         if why is not None:
             reason = why
@@ -136,16 +134,16 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str], regis
                      cacheable=not shapes_decision(env))
 
 
-def _describe(v: Variant, score: tuple[int, ...]) -> str:
+def _describe(v: "Variant", score: "tuple[int, ...]") -> "str":
     if v.kind == "cuda" and v.cuda is not None:
         return f"CUDA, {MATCH_NAMES.get(score[1], 'no fit')}, carries {targets_text(v.cuda)}"
     level = f"x86-64-v{v.x86_64_level}" if v.x86_64_level else v.arch
     return f"CPU, {level}, priority {v.priority}"
 
 
-def _apply_force(forced: str, manifest: Manifest, judged: list[tuple[Variant, str | None, tuple[int, ...]]],
-                 usable: list[tuple[Variant, tuple[int, ...]]], unsafe: bool,
-                 env: Mapping[str, str]) -> tuple[list[str], str | None]:
+def _apply_force(forced: "str", manifest: "Manifest", judged: "list[tuple[Variant, str | None, tuple[int, ...]]]",
+                 usable: "list[tuple[Variant, tuple[int, ...]]]", unsafe: "bool",
+                 env: "Mapping[str, str]") -> "tuple[list[str], str | None]":
     module = manifest.module
     raw = env.get("FATDISPATCH_FORCE", "")
     token = ALIASES.get(forced, forced)
@@ -179,3 +177,18 @@ def _apply_force(forced: str, manifest: Manifest, judged: list[tuple[Variant, st
     return [], (f"FATDISPATCH_FORCE={raw} asks for build {target.name!r} of {module}, but this machine cannot run "
                 f"it: {why}. Unset FATDISPATCH_FORCE, or set FATDISPATCH_UNSAFE_FORCE=1 to load it anyway "
                 f"(it may crash with an illegal instruction)")
+
+
+def format_selection(sel: Selection) -> str:
+    """A human-readable account of the decision, one line per build."""
+    lines = []
+    if sel.error:
+        lines.append(f"{sel.module}: nothing can be loaded: {sel.error}")
+    else:
+        lines.append(f"{sel.module} -> {sel.chosen}")
+    for c in sel.candidates:
+        mark = "*" if c.variant.name == sel.chosen else ("+" if c.usable else "-")
+        lines.append(f"  {mark} {c.variant.name:<16} {c.reason}")
+    for n in sel.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
