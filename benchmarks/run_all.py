@@ -287,9 +287,11 @@ def bench_frozen(py: str, work: Path, runs: int) -> dict:
     for name, mod in (("fat", "fatdemo"), ("plain", "fatdemo_plain")):
         script = work / f"{name}_app.py"
         script.write_text(FROZEN_APP.format(mod=mod))
-        proc = subprocess.run([py, "-m", "PyInstaller", "--onedir", "--noconfirm", "--log-level", "WARN",
+        # this interpreter's PyInstaller, over the benchmark venv's packages (fatdispatch and fatdemo from wheels)
+        proc = subprocess.run([sys.executable, "-m", "PyInstaller", "--onedir", "--noconfirm", "--log-level", "WARN",
                                "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
-                               "--specpath", str(work), str(script)], capture_output=True, text=True)
+                               "--specpath", str(work), str(script)], capture_output=True, text=True,
+                              env=clean_env(PYTHONPATH=site_of(py)))
         if proc.returncode != 0:
             return {"run": False, "why": f"PyInstaller failed: {proc.stderr[-300:]}"}
         apps[name] = str(work / "dist" / f"{name}_app" / f"{name}_app")

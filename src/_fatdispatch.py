@@ -52,6 +52,7 @@ NATIVE = "_fatdispatch_cpu"        # the compiled primitives (CPUID/XGETBV and t
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _LINUX = sys.platform.startswith("linux")
+_SEP = os.sep
 _PICKS_HERE = _LINUX and os.uname().machine == "x86_64" and sys.maxsize > 2**32  # where the CPU key is known
 
 registry: "dict[str, str]" = {}               # fat module -> its variants folder
@@ -70,7 +71,7 @@ def install(package: str, modules: "Iterable[str] | None" = None) -> None:
     found = []
     for mod in names if names is not None and paths else ():
         for entry in paths:
-            folder = os.path.join(entry, mod + VARIANTS_SUFFIX)
+            folder = f"{entry}{_SEP}{mod}{VARIANTS_SUFFIX}"
             if os.path.isdir(folder):
                 found.append((f"{package}.{mod}", folder))
                 break
@@ -85,7 +86,7 @@ def install(package: str, modules: "Iterable[str] | None" = None) -> None:
 
 def register(fullname: str, variants_dir: str) -> None:
     """Register one fat module by its variants folder."""
-    if not os.path.isabs(variants_dir):
+    if variants_dir[:1] != "/" and not os.path.isabs(variants_dir):
         variants_dir = os.path.abspath(variants_dir)  # a relative sys.path entry must survive a chdir
     finder = sys.modules[__name__]  # this module is the finder and the loader: classes cost ~30 us each to make
     with _lock:
@@ -202,17 +203,16 @@ def native() -> "Any":
     if _native_module is not False:
         return _native_module
     module = sys.modules.get(NATIVE)
-    here = os.path.dirname(__file__) if "__file__" in globals() else ""
+    here = __file__.rpartition(_SEP)[0] if "__file__" in globals() else ""
     for suffix in EXTENSION_SUFFIXES if module is None and here else ():
-        path = os.path.join(here, NATIVE + suffix)
-        if os.path.isfile(path):
-            try:
-                module = load_extension(NATIVE, path, False)
-            except ImportError:
-                continue
-            module.__file__ = path
-            sys.modules[NATIVE] = module
-            break
+        path = f"{here}{_SEP}{NATIVE}{suffix}"
+        try:
+            module = load_extension(NATIVE, path, False)
+        except ImportError:  # not built for this suffix, or not loadable: the next one, then a normal import
+            continue
+        module.__file__ = path
+        sys.modules[NATIVE] = module
+        break
     if module is None:
         try:
             import _fatdispatch_cpu as module
@@ -243,15 +243,19 @@ def cache_bases(env: "Mapping[str, str]") -> "list[tuple[str, bool]]":
     # another user's.
     out = []
     base = env.get("XDG_CACHE_HOME") or ""
-    if not os.path.isabs(base):
+    if not _absolute(base):
         home = env.get("HOME") or os.path.expanduser("~")
-        base = os.path.join(home, ".cache") if os.path.isabs(home) else ""
+        base = f"{home}{_SEP}.cache" if _absolute(home) else ""
     if base:
         out.append((base, False))
     run = env.get("XDG_RUNTIME_DIR") or ""
-    if os.path.isabs(run) and run != base:
+    if _absolute(run) and run != base:
         out.append((run, True))
     return out
+
+
+def _absolute(path: str) -> bool:
+    return path[:1] == "/" if _SEP == "/" else os.path.isabs(path)
 
 
 def read_private(dir_fd: "int | None", name: str, limit: int) -> "bytes | None":
@@ -319,9 +323,9 @@ def _runtime_identity() -> "tuple[Any, ...]":
     # executable stands for it.
     global _runtime_id
     if _runtime_id is None:
-        here = os.path.dirname(__file__) if "__file__" in globals() else ""
+        here = __file__.rpartition(_SEP)[0] if "__file__" in globals() else ""
         out: "list[Any]" = []
-        for f in (globals().get("__file__", ""), here + "/fatdispatch/_select.py"):
+        for f in (globals().get("__file__", ""), f"{here}{_SEP}fatdispatch{_SEP}_select.py"):
             try:
                 out.append(identity(os.stat(f)))
             except (OSError, TypeError, ValueError):

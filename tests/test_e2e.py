@@ -196,6 +196,9 @@ def test_fallback_on_broken_builds(demo_venv: Path, clean_env: dict[str, str], b
     tried = dict(out["attempts"])
     assert "file missing" in tried[first] and "truncated" in tried[second]
     assert out["variant"] not in (first, second) and out["ok"]
+    # -W error: the fallback still works (it is said on stderr, not raised as a warning)
+    strict = run([str(demo_venv), "-W", "error", "-c", PROBE], env=dict(env, FATDISPATCH_CACHE="0"), cwd="/")
+    assert json.loads(strict.stdout)["variant"] == out["variant"] and "fell back" in strict.stderr
 
 
 def test_wrong_architecture_file_falls_back(demo_venv: Path, clean_env: dict[str, str],
@@ -261,3 +264,26 @@ except interpreters.RunFailedError as e:
 """
     out = run([str(demo_venv), "-c", code], env=clean_env).stdout.strip()
     assert out in ("works", "no-subinterpreters") or ("ImportError" in out or "fatdispatch" in out), out
+
+
+def test_errors_name_the_cause_zip_and_frozen(demo_venv: Path, clean_env: dict[str, str], tmp_path: Path) -> None:
+    """A package imported from a zip archive, or a frozen app that did not carry the builds, is told so: not
+    'built without its variants'."""
+    import zipfile
+
+    src = site_packages(demo_venv) / "fatdemo"
+    archive = tmp_path / "app.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in src.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zf.write(path, str(path.relative_to(src.parent)))
+    out = subprocess.run([str(demo_venv), "-c", "import fatdemo"], env=dict(clean_env, PYTHONPATH=str(archive)),
+                         capture_output=True, text=True, cwd="/")
+    assert out.returncode == 1 and "inside the archive" in out.stderr and str(archive) in out.stderr, out.stderr
+    frozen = tmp_path / "frozen" / "fatdemo"
+    frozen.mkdir(parents=True)
+    shutil.copy(src / "__init__.py", frozen / "__init__.py")  # an app that carried the package but not its builds
+    code = "import sys; sys.frozen = True; import fatdemo"
+    out = subprocess.run([str(demo_venv), "-c", code], env=dict(clean_env, PYTHONPATH=str(frozen.parent)),
+                         capture_output=True, text=True, cwd="/")
+    assert out.returncode == 1 and "frozen application did not carry" in out.stderr and "--include-raw-dir" in out.stderr

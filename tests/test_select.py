@@ -237,3 +237,16 @@ def test_gpu_probe_skipped_when_force_rules_cuda_out(force: str | None, probes_g
     monkeypatch.setattr(gpu, "probe_gpus", lambda env: calls.append(1) or no_gpus("test"))
     load.hardware_for(M, {} if force is None else {"FATDISPATCH_FORCE": force})
     assert bool(calls) == probes_gpu
+
+
+def test_force_naming_no_fat_module_of_an_imported_package_is_an_error() -> None:
+    """``fatdemo.core:baseline`` where fatdemo's fat module is ``fatdemo._core``: an error with a "did you
+    mean", not silence; a module of a package not imported yet is left for its own import."""
+    from fatdispatch._env import force_for
+
+    env = {"FATDISPATCH_FORCE": "fatdemo.core:baseline"}
+    with pytest.raises(ConfigError, match="did you mean fatdemo._core"):
+        force_for("fatdemo._core", env, ["fatdemo._core"])
+    assert force_for("fatdemo._core", {"FATDISPATCH_FORCE": "otherpkg._core:cuda,v2"}, ["fatdemo._core"]) == "x86-64-v2" or \
+        force_for("fatdemo._core", {"FATDISPATCH_FORCE": "otherpkg._core:cuda,v2"}, ["fatdemo._core"]) == "v2"
+    assert force_for("fatdemo._core", {"FATDISPATCH_FORCE": "FATDEMO._CORE:Baseline"}, ["fatdemo._core"]) == "baseline"
