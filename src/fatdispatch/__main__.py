@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     tv.add_argument("--module", action="append", default=[], help="only this fat module (repeatable)")
     tv.add_argument("--qemu", action="store_true", help="also run older x86-64 builds under qemu-x86_64")
     tv.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    au = sub.add_parser("audit", help="check every CPU build's machine code against what its manifest requires")
+    au.add_argument("paths", nargs="*", help="wheels or folders (default: the installed fat modules)")
+    au.add_argument("--json", action="store_true", help="print one JSON object with every finding")
+    au.add_argument("--all", action="store_true", help="list every offending instruction (default: 20 per build)")
     sl = sub.add_parser("slim", help="write a copy of a wheel holding only the chosen builds")
     sl.add_argument("wheel")
     sl.add_argument("--keep", nargs="+", required=True, help="build names to keep (the baseline is kept too)")
@@ -42,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             if not cmd:
                 parser.error("test-variants needs a command after --")
             return test_variants(cmd, args.module, args.qemu)
+        if args.command == "audit":
+            from .build._audit import main as audit_main
+
+            return audit_main(args.paths, args.json, 0 if args.all else 20)
         if args.command == "slim":
             from .build._wheel import print_slim
 
