@@ -10,9 +10,9 @@ except (ImportError, AttributeError):  # fatdispatch without its compiled helper
     __import__("fatdispatch").install(__name__, ["_core"])
 
 from . import _core  # noqa: E402
-from ._core import build_info, hamming, noop, popcount  # noqa: E402
+from ._core import build_info, dot, hamming, noop, popcount  # noqa: E402
 
-__all__ = ["hamming", "popcount", "noop", "build_info", "variant", "hamming_reference"]
+__all__ = ["hamming", "popcount", "dot", "noop", "build_info", "variant", "hamming_reference"]
 
 
 def variant() -> str:
