@@ -313,3 +313,36 @@ def test_user_isa_flags_are_stripped_and_the_baseline_runs_on_qemu64(tmp_path: P
                         str(EXAMPLE / "tests" / "test_fatdemo.py")], env=env, capture_output=True, text=True,
                        timeout=600, cwd="/")
     assert q.returncode == 0 and "fatdemo baseline (swar)" in q.stdout, q.stdout[-2000:] + q.stderr[-2000:]
+
+
+FP_EXAMPLE = """
+import array, random, struct, fatdemo
+rng = random.Random(15)
+out = [fatdemo.variant()]
+for n in (3, 100, 1001, 4096):
+    a = array.array("d", (rng.uniform(-1, 1) for _ in range(n))); b = array.array("d", (rng.uniform(-1, 1) for _ in range(n)))
+    out.append(struct.pack("<d", fatdemo.dot(a, b)).hex())
+print(" ".join(out))
+"""
+
+
+@pytest.mark.slow
+def test_every_build_of_the_example_gives_the_same_bits(demo_venv: Path, clean_env: dict[str, str],
+                                                         wheels: dict[str, Path]) -> None:
+    """Each build forced in a fresh interpreter; the dot products agree bit for bit (the CUDA builds' C part
+    runs on the CPU here too, forced without a GPU)."""
+    from fatdispatch._cpu import probe_cpu
+
+    level = probe_cpu().x86_64_level or 1
+    manifest = json.loads(zipfile.ZipFile(wheels["fatdemo"]).read("fatdemo/_core.variants/manifest.json"))
+    results = {}
+    for v in manifest["variants"]:
+        if v["requires"].get("x86_64_level", 1) > level:
+            continue
+        env = dict(clean_env, FATDISPATCH_FORCE=v["name"])
+        if v["kind"] == "cuda":
+            env["FATDISPATCH_UNSAFE_FORCE"] = "1"
+        name, *bits = run([str(demo_venv), "-c", FP_EXAMPLE], env=env, cwd="/").stdout.split()
+        assert name == v["name"]
+        results[name] = bits
+    assert len(results) >= 2 and len({tuple(b) for b in results.values()}) == 1, results
