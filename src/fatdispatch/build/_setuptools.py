@@ -158,6 +158,8 @@ class build_ext(_build_ext):
         self.fat_jobs: int | str | None = None
         self._fat_outputs: list[str] = []
         self._fat_done: list[FatExtension] = []
+        self._fat_pending: list[FatExtension] = []
+        self._deferring = False
         self._isa_said = False
 
     extensions: list[Any]
@@ -176,28 +178,42 @@ class build_ext(_build_ext):
             self.extensions = saved
 
     def build_extensions(self) -> None:
-        fat = self._fat()
-        with self._plain_only() as plain:
-            if plain:
-                super().build_extensions()
-        fat = [e for e in fat if e not in self._fat_done]
-        if fat:
-            self.check_extensions_list(fat)
-            self._build_fat(fat)
+        """setuptools' loop (or the project's own ``build_extensions`` above ours) sees every extension, so a
+        project's per-extension tweaks reach FatExtensions too; :meth:`build_extension` collects the fat ones,
+        which are then built together, all variants in parallel."""
+        self._deferring = True
+        try:
+            super().build_extensions()
+        finally:
+            self._deferring = False
+        self._build_pending()
+        rest = [e for e in self._fat() if e not in self._fat_done]  # a project loop that skipped them
+        if rest:
+            self.check_extensions_list(rest)
+            self._build_fat(rest)
 
     def build_extension(self, ext: Any) -> None:
-        """setuptools' own ``build_extensions`` calls this per extension: a subclass that bypasses ours (calling
-        setuptools' base class directly) still gets every build of a FatExtension, never one plain build."""
+        """Called per extension by setuptools' ``build_extensions``: a FatExtension is never built plain, even
+        when a subclass calls setuptools' base class directly instead of ours."""
         if isinstance(ext, FatExtension):
-            if ext not in self._fat_done:
-                print(f"fatdispatch: {ext.name}: reached through setuptools' build_extension (a build_ext "
-                      "subclass calls setuptools' base class directly); building every variant anyway", flush=True)
-                self._build_fat([ext])
+            if ext not in self._fat_done and ext not in self._fat_pending:
+                self._fat_pending.append(ext)
+            if not self._deferring:
+                print(f"fatdispatch: {ext.name}: reached through setuptools' build_extensions, not "
+                      "fatdispatch's (a build_ext subclass calls setuptools' base class directly); building every "
+                      "variant anyway", flush=True)
+                self._build_pending()
             return
         super().build_extension(ext)
 
+    def _build_pending(self) -> None:
+        pending, self._fat_pending = self._fat_pending, []
+        if pending:
+            self._build_fat(pending)
+
     def run(self) -> None:
         super().run()
+        self._build_pending()
         self._check_fat()
 
     def _check_fat(self) -> None:
