@@ -346,3 +346,30 @@ def test_every_build_of_the_example_gives_the_same_bits(demo_venv: Path, clean_e
         assert name == v["name"]
         results[name] = bits
     assert len(results) >= 2 and len({tuple(b) for b in results.values()}) == 1, results
+
+
+def test_extension_settings_and_command_combination() -> None:
+    from setuptools.command.build_ext import build_ext as st_build_ext
+
+    from fatdispatch.build import BuildError, build_ext
+    from fatdispatch.build._setuptools import audit_mode, extensions_from_pyproject, fat_command
+
+    (ext,) = extensions_from_pyproject({"tool": {"fatdispatch": {"extension": [
+        {"name": "p._m", "sources": ["m.c"], "variants": ["baseline"], "fp-contract": True, "audit": "warn",
+         "audit-guarded": {"kernel_*": ["avx2"]}}]}}})
+    assert ext.fp_contract is True and ext.audit == "warn" and ext.audit_guarded == {"kernel_*": ["avx2"]}
+    assert audit_mode(ext, {}) == "warn" and audit_mode(ext, {"FATDISPATCH_AUDIT": "OFF"}) == "off"
+    with pytest.raises(BuildError, match="FATDISPATCH_AUDIT"):
+        audit_mode(ext, {"FATDISPATCH_AUDIT": "maybe"})
+    for bad in ({"audit": "loud"}, {"fp-contract": "yes"}, {"audit-guarded": {"k": "avx2"}}):
+        with pytest.raises(BuildError):
+            extensions_from_pyproject({"tool": {"fatdispatch": {"extension": [
+                dict({"name": "p._m", "sources": ["m.c"], "variants": ["baseline"]}, **bad)]}}})
+
+    class Theirs(st_build_ext):
+        pass
+
+    combined = fat_command("build_ext", Theirs, build_ext)
+    assert combined.__mro__[1:3] == (build_ext, Theirs) and combined.__name__ == "Theirs"
+    assert fat_command("build_ext", None, build_ext) is build_ext
+    assert fat_command("build_ext", build_ext, build_ext) is build_ext
