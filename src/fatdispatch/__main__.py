@@ -7,6 +7,8 @@ import sys
 
 from ._errors import FatDispatchError
 
+DEFAULT_MODELS = ("qemu64", "Nehalem", "Haswell")  # the same as _toolbox.DEFAULT_MODELS (kept import-free)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fatdispatch",
@@ -19,8 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     ins.add_argument("--json", action="store_true")
     tv = sub.add_parser("test-variants", help="run a test command once per build this machine can run")
     tv.add_argument("--module", action="append", default=[], help="only this fat module (repeatable)")
-    tv.add_argument("--qemu", action="store_true", help="also run older x86-64 builds under qemu-x86_64")
+    tv.add_argument("--qemu", action="store_true", help="also run each CPU model's build under qemu-x86_64")
+    tv.add_argument("--cpu-models", default=",".join(DEFAULT_MODELS),
+                    help="qemu CPU models for --qemu, comma-separated (default: %(default)s)")
+    tv.add_argument("--no-audit", action="store_true", help="skip the machine-code audit of the modules")
     tv.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    au = sub.add_parser("audit", help="check every CPU build's machine code against what its manifest requires")
+    au.add_argument("paths", nargs="*", help="wheels or folders (default: the installed fat modules)")
+    au.add_argument("--json", action="store_true", help="print one JSON object with every finding")
+    au.add_argument("--all", action="store_true", help="list every offending instruction (default: 20 per build)")
     sl = sub.add_parser("slim", help="write a copy of a wheel holding only the chosen builds")
     sl.add_argument("wheel")
     sl.add_argument("--keep", nargs="+", required=True, help="build names to keep (the baseline is kept too)")
@@ -41,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             if not cmd:
                 parser.error("test-variants needs a command after --")
-            return test_variants(cmd, args.module, args.qemu)
+            models = [m.strip() for m in args.cpu_models.split(",") if m.strip()]
+            return test_variants(cmd, args.module, args.qemu, cpu_models=models, audit=not args.no_audit)
+        if args.command == "audit":
+            from .build._audit import main as audit_main
+
+            return audit_main(args.paths, args.json, 0 if args.all else 20)
         if args.command == "slim":
             from .build._wheel import print_slim
 

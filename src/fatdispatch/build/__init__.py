@@ -12,11 +12,37 @@ setuptools (``setup.py``)::
 
 or ``pyproject.toml`` alone (``[[tool.fatdispatch.extension]]`` tables, read
 by a setuptools plugin).  cffi: :func:`cffi_extension`.
+
+The names are imported on first use, so the tools here that need no setuptools (``_audit``, ``_wheel``:
+``python -m fatdispatch audit|inspect|test-variants``) also work where only the runtime is installed.
 """
 
-from ._catalog import BuildError, CpuVariant, CudaBuild, cpu_catalog, parse_cuda_spec
-from ._cffi import cffi_extension
-from ._setuptools import FatExtension, build_ext, build_py, cmdclass, wire_init
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._catalog import BuildError, CpuVariant, CudaBuild, cpu_catalog, parse_cuda_spec
+    from ._cffi import cffi_extension
+    from ._setuptools import FatExtension, build_ext, build_py, cmdclass, wire_init
 
 __all__ = ["FatExtension", "build_ext", "build_py", "cmdclass", "cffi_extension", "BuildError", "CpuVariant",
            "CudaBuild", "cpu_catalog", "parse_cuda_spec", "wire_init"]
+
+_WHERE = {"BuildError": "_catalog", "CpuVariant": "_catalog", "CudaBuild": "_catalog", "cpu_catalog": "_catalog",
+          "parse_cuda_spec": "_catalog", "cffi_extension": "_cffi", "FatExtension": "_setuptools",
+          "build_ext": "_setuptools", "build_py": "_setuptools", "cmdclass": "_setuptools", "wire_init": "_setuptools"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -35,8 +35,10 @@ from setuptools.command.build_py import build_py as _build_py
 from .. import __version__
 from .._cpu import normalize_arch
 from .._manifest import MANIFEST_NAME, SCHEMA_VERSION, VARIANTS_SUFFIX, parse_manifest
+from . import _audit
 from ._catalog import (BuildError, CpuVariant, CudaBuild, check_cuda_build, cpu_catalog, cpu_variant, cuda_flags,
                        nvcc_path, nvcc_version, parse_cuda_spec)
+from ._flags import FP_CONTRACT_OFF, split_isa_flags
 
 PYPI_LIMIT = 100 * 1024 * 1024
 WIRING_MARKER = "# fatdispatch: bind the best build of each fat module"
@@ -64,12 +66,20 @@ class FatExtension(Extension):
     packager's priority (higher wins among usable builds of one kind; default
     0).  ``cuda="required"`` fails the build where nvcc is missing;
     ``cuda="optional"`` then skips the CUDA builds with a warning.
+
+    ``fp_contract=False`` (the default) compiles every build with ``-ffp-contract=off`` so builds with FMA give
+    the same floating-point results as those without; ``True`` lets the compiler fuse ``a*b+c``.
+    ``audit``: what a failed machine-code audit does at the end of the build: ``"error"`` (default),
+    ``"warn"`` or ``"off"`` (``FATDISPATCH_AUDIT`` overrides it).  ``audit_guarded`` maps symbol names (or
+    ``fnmatch`` patterns) to the CPU features their code may use because it checks for them at run time
+    (written to ``<mod>.variants/audit.json``).
     """
 
     def __init__(self, name: str, sources: list[str], *, variants: Sequence[str] | None = None,
                  cuda_sources: Sequence[str] = (), cuda_targets: Sequence[str] = (),
                  priorities: Mapping[str, int] | None = None, nvcc_flags: Sequence[str] = (),
-                 cuda: str = "required", **kwargs: Any) -> None:
+                 cuda: str = "required", fp_contract: bool = False, audit: str = "error",
+                 audit_guarded: Mapping[str, Sequence[str]] | None = None, **kwargs: Any) -> None:
         super().__init__(name, sources, **kwargs)
         self.arch = build_arch()
         catalog = cpu_catalog(self.arch)
@@ -83,6 +93,16 @@ class FatExtension(Extension):
         self.cuda_mode = cuda
         self.nvcc_flags = list(nvcc_flags)
         self.priorities = dict(priorities or {})
+        if type(fp_contract) is not bool:
+            raise BuildError(f"{name}: fp_contract={fp_contract!r}; expected true or false")
+        self.fp_contract = fp_contract
+        if audit not in AUDIT_MODES:
+            raise BuildError(f"{name}: audit={audit!r}; expected one of {', '.join(AUDIT_MODES)}")
+        self.audit = audit
+        try:
+            self.audit_guarded = _audit.check_guarded(dict(audit_guarded or {}), f"{name}: audit_guarded")
+        except _audit.AuditError as exc:
+            raise BuildError(str(exc)) from None
         names = [v.name for v in self.variants] + [b.name for b in self.cuda_builds]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
@@ -100,6 +120,23 @@ class FatExtension(Extension):
     @property
     def modname(self) -> str:
         return str(self.name).rpartition(".")[2]
+
+
+AUDIT_MODES = ("error", "warn", "off")
+
+
+def audit_mode(ext: FatExtension, env: Mapping[str, str]) -> str:
+    """``FATDISPATCH_AUDIT`` (error/warn/off) if set, else the extension's own setting."""
+    raw = env.get("FATDISPATCH_AUDIT", "").strip().lower()
+    if not raw:
+        return ext.audit
+    if raw not in AUDIT_MODES:
+        raise BuildError(f"FATDISPATCH_AUDIT={raw!r}; expected one of {', '.join(AUDIT_MODES)}")
+    return raw
+
+
+_COMPILER_COMMANDS = ("compiler", "compiler_so", "compiler_cxx", "compiler_so_cxx", "linker_so", "linker_so_cxx",
+                      "linker_exe", "linker_exe_cxx", "preprocessor")
 
 
 class _Job:
@@ -120,6 +157,10 @@ class build_ext(_build_ext):
         super().initialize_options()
         self.fat_jobs: int | str | None = None
         self._fat_outputs: list[str] = []
+        self._fat_done: list[FatExtension] = []
+        self._fat_pending: list[FatExtension] = []
+        self._deferring = False
+        self._isa_said = False
 
     extensions: list[Any]
 
@@ -137,13 +178,55 @@ class build_ext(_build_ext):
             self.extensions = saved
 
     def build_extensions(self) -> None:
-        fat = self._fat()
-        with self._plain_only() as plain:
-            if plain:
-                super().build_extensions()
-        if fat:
-            self.check_extensions_list(fat)
-            self._build_fat(fat)
+        """setuptools' loop (or the project's own ``build_extensions`` above ours) sees every extension, so a
+        project's per-extension tweaks reach FatExtensions too; :meth:`build_extension` collects the fat ones,
+        which are then built together, all variants in parallel."""
+        self._deferring = True
+        try:
+            super().build_extensions()
+        finally:
+            self._deferring = False
+        self._build_pending()
+        rest = [e for e in self._fat() if e not in self._fat_done]  # a project loop that skipped them
+        if rest:
+            self.check_extensions_list(rest)
+            self._build_fat(rest)
+
+    def build_extension(self, ext: Any) -> None:
+        """Called per extension by setuptools' ``build_extensions``: a FatExtension is never built plain, even
+        when a subclass calls setuptools' base class directly instead of ours."""
+        if isinstance(ext, FatExtension):
+            if ext not in self._fat_done and ext not in self._fat_pending:
+                self._fat_pending.append(ext)
+            if not self._deferring:
+                print(f"fatdispatch: {ext.name}: reached through setuptools' build_extensions, not "
+                      "fatdispatch's (a build_ext subclass calls setuptools' base class directly); building every "
+                      "variant anyway", flush=True)
+                self._build_pending()
+            return
+        super().build_extension(ext)
+
+    def _build_pending(self) -> None:
+        pending, self._fat_pending = self._fat_pending, []
+        if pending:
+            self._build_fat(pending)
+
+    def run(self) -> None:
+        super().run()
+        self._build_pending()
+        self._check_fat()
+
+    def _check_fat(self) -> None:
+        """A build is fat or it fails: every FatExtension must have its builds and manifest by now."""
+        missing = [e.name for e in self._fat() if e not in self._fat_done]
+        if missing:
+            raise BuildError(
+                f"{', '.join(missing)}: build_ext finished without the fat builds and manifest of these "
+                f"FatExtensions (the command {type(self).__module__}.{type(self).__qualname__} skipped fatdispatch's "
+                "build_ext, so a wheel would fail to import on every machine). Derive your build_ext from "
+                "fatdispatch.build.build_ext (class build_ext(fatdispatch.build.build_ext): ...) and call "
+                "super().build_extensions() / super().build_extension(ext) instead of setuptools' base class; "
+                "see README.md, 'Combining with an existing build_ext'")
 
     # -- planning and running
 
@@ -177,9 +260,11 @@ class build_ext(_build_ext):
                 host = _host_variant(ext)
                 for cb in ext.cuda_builds:
                     jobs.append(_Job(ext, cb.name, "cuda", host, cb))
+        for ext in exts:
+            self._clean_variants_dir(ext)
         workers = min(self._jobs(), len(jobs)) or 1
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with self._isa_clean_compiler(), ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(self._run_job, job, nvcc, runtime) for job in jobs]
             for f in futures:
                 f.result()
@@ -188,6 +273,78 @@ class build_ext(_build_ext):
             mine = [j for j in jobs if j.ext is ext]
             self._write_manifest(ext, mine, runtime)
             self._print_sizes(ext, mine, wall, workers)
+            self._audit(ext)
+            self._fat_done.append(ext)
+
+    def _clean_variants_dir(self, ext: FatExtension) -> None:
+        """No stale builds: the variants folder is rebuilt from nothing, so it holds exactly what the manifest
+        lists (a rebuild with fewer builds, e.g. FATDISPATCH_SKIP_CUDA=1, leaves no old folders behind)."""
+        folder = self._variants_dir(ext)
+        if os.path.isdir(folder):
+            old = sorted(os.listdir(folder))
+            shutil.rmtree(folder)
+            if old:
+                print(f"fatdispatch: {ext.name}: removed the previous build's {folder} ({', '.join(old)})", flush=True)
+
+    @contextlib.contextmanager
+    def _isa_clean_compiler(self) -> Iterator[None]:
+        """The compiler and linker commands without ISA flags (-m<isa>, -march, -mcpu, -mtune) while the
+        variants build: CFLAGS/CXXFLAGS/CPPFLAGS/LDFLAGS and Python's own flags end up in these commands, and
+        each build's ISA must be its variant's flags alone.  Other flags pass through."""
+        saved: dict[str, list[str]] = {}
+        removed: list[str] = []
+        for attr in _COMPILER_COMMANDS:
+            cmd = getattr(self.compiler, attr, None)
+            if isinstance(cmd, list):
+                kept, gone = split_isa_flags(cmd)
+                if gone:
+                    saved[attr] = cmd
+                    setattr(self.compiler, attr, kept)
+                    removed += [g for g in gone if g not in removed]
+        if removed and not self._isa_said:
+            self._isa_said = True
+            print(f"fatdispatch: ignoring the ISA flags {' '.join(removed)} of the compiler/linker command "
+                  "(from CFLAGS, CXXFLAGS, CPPFLAGS, LDFLAGS or Python's build flags): each build's instruction "
+                  "set is its variant's flags; other flags pass through", flush=True)
+        try:
+            yield
+        finally:
+            for attr, cmd in saved.items():
+                setattr(self.compiler, attr, cmd)
+
+    def _ext_args(self, ext: FatExtension, args: Sequence[str] | None, what: str) -> list[str]:
+        kept, gone = split_isa_flags(list(args or []))
+        if gone:
+            self.warn(f"{ext.name}: {what} {' '.join(gone)} ignored: they would change the instruction set of "
+                      "every build; choose variants instead (or guard the code and declare audit_guarded)")
+        return kept
+
+    def _audit(self, ext: FatExtension) -> None:
+        """The machine-code audit of the builds just made; fails the build unless told to warn."""
+        mode = audit_mode(ext, os.environ)
+        if mode == "off":
+            print(f"fatdispatch: {ext.name}: machine-code audit off (audit='off' / FATDISPATCH_AUDIT=off)",
+                  flush=True)
+            return
+        try:
+            outcome = _audit.run_audit([self._variants_dir(ext)])
+        except _audit.AuditError as exc:
+            msg = f"{ext.name}: the machine-code audit could not run: {exc}"
+            if mode == "warn":
+                self.warn(msg)
+                return
+            raise BuildError(msg + "; or set FATDISPATCH_AUDIT=warn to build without it") from None
+        print("fatdispatch: audit of " + outcome.text.replace("\n", "\nfatdispatch: "), flush=True)
+        if outcome.ok:
+            return
+        msg = (f"{ext.name}: the machine-code audit found instructions its builds' manifests do not require "
+               "(above). Find where they come from (flags, a static library, inline assembly, a constructor); "
+               "if a symbol checks the CPU itself before using them, declare it in audit_guarded / audit-guarded. "
+               "FATDISPATCH_AUDIT=warn (or audit='warn') turns this into a warning")
+        if mode == "warn":
+            self.warn(msg)
+            return
+        raise BuildError(msg)
 
     def _variants_dir(self, ext: FatExtension) -> str:
         return os.path.join(self.build_lib, *ext.package.split("."), ext.modname + VARIANTS_SUFFIX)
@@ -201,12 +358,17 @@ class build_ext(_build_ext):
         job.output = os.path.join(out_dir, ext.modname + suffix)
         tmp = os.path.join(self.build_temp, "fatdispatch", ext.name, job.name)  # one object folder per build
         ctype = self.compiler.compiler_type
-        flags = list(job.cpu.flags.get("msvc" if ctype == "msvc" else "gcc", ()))
+        family = "msvc" if ctype == "msvc" else "gcc"
+        flags = list(job.cpu.flags.get(family, ()))
+        if not ext.fp_contract:
+            flags += FP_CONTRACT_OFF[family]
         macros = list(ext.define_macros) + [("FATDISPATCH_VARIANT", f'"{job.name}"')]
         if job.kind == "cuda":
             macros.append(("FATDISPATCH_CUDA", "1"))
         objects = self.compiler.compile(ext.sources, output_dir=tmp, macros=macros, include_dirs=ext.include_dirs,
-                                        debug=self.debug, extra_postargs=list(ext.extra_compile_args or []) + flags,
+                                        debug=self.debug,
+                                        extra_postargs=self._ext_args(ext, ext.extra_compile_args,
+                                                                      "extra_compile_args") + flags,
                                         depends=ext.depends)
         objects += list(ext.extra_objects or [])
         if job.kind == "cuda":
@@ -217,12 +379,13 @@ class build_ext(_build_ext):
             libs = self.get_libraries(ext)
             cmd = [nvcc, "-shared", "--no-device-link", "-o", job.output, *objects, "--cudart=static",
                    *[f"-L{d}" for d in ext.library_dirs], *[f"-l{lib}" for lib in libs],
-                   *[f"-Xlinker={a}" for a in (ext.extra_link_args or [])]]
+                   *[f"-Xlinker={a}" for a in self._ext_args(ext, ext.extra_link_args, "extra_link_args")]]
             _run(cmd)
         else:
             self.compiler.link_shared_object(
                 objects, job.output, libraries=self.get_libraries(ext), library_dirs=ext.library_dirs,
-                runtime_library_dirs=ext.runtime_library_dirs, extra_postargs=ext.extra_link_args,
+                runtime_library_dirs=ext.runtime_library_dirs,
+                extra_postargs=self._ext_args(ext, ext.extra_link_args, "extra_link_args"),
                 export_symbols=self.get_export_symbols(ext), debug=self.debug, build_temp=tmp,
                 target_lang=self.compiler.detect_language(ext.sources))
         job.seconds = time.perf_counter() - started
@@ -274,6 +437,11 @@ class build_ext(_build_ext):
             f.write("\n")
         self._fat_outputs.append(path)
         self._fat_outputs.extend(j.output for j in jobs)
+        if ext.audit_guarded:
+            side = os.path.join(self._variants_dir(ext), _audit.AUDIT_NAME)
+            with open(side, "w", encoding="utf-8") as f:
+                f.write(_audit.declarations_file(ext.audit_guarded))
+            self._fat_outputs.append(side)
 
     def _print_sizes(self, ext: FatExtension, jobs: list[_Job], wall: float, workers: int) -> None:
         total = 0
@@ -412,7 +580,7 @@ def cmdclass() -> dict[str, type]:
 
 _KEYS = {"name", "sources", "variants", "cuda-sources", "cuda-targets", "priorities", "nvcc-flags", "cuda",
          "include-dirs", "define-macros", "libraries", "library-dirs", "extra-compile-args", "extra-link-args",
-         "depends", "language"}
+         "depends", "language", "fp-contract", "audit", "audit-guarded"}
 
 
 def extensions_from_pyproject(data: Mapping[str, Any]) -> list[FatExtension]:
@@ -438,22 +606,35 @@ def extensions_from_pyproject(data: Mapping[str, Any]) -> list[FatExtension]:
 
 
 def finalize_distribution_options(dist: Any) -> None:
-    """setuptools plugin: add the extensions declared in ``pyproject.toml`` and our commands."""
+    """setuptools plugin: add the extensions declared in ``pyproject.toml``; make sure every FatExtension meets
+    fatdispatch's commands, whichever ``build_ext``/``build_py`` the project (or versioneer, ...) supplies."""
     path = os.path.join(os.getcwd(), "pyproject.toml")
-    if not os.path.isfile(path):
-        return
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    if "fatdispatch" not in data.get("tool", {}):
-        return
-    exts = extensions_from_pyproject(data)
-    dist.ext_modules = list(dist.ext_modules or []) + exts
-    for name, cls in cmdclass().items():
-        dist.cmdclass.setdefault(name, cls)
+    if os.path.isfile(path):
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        if "fatdispatch" in data.get("tool", {}):
+            dist.ext_modules = list(dist.ext_modules or []) + extensions_from_pyproject(data)
+    if any(isinstance(e, FatExtension) for e in dist.ext_modules or []):
+        for name, cls in cmdclass().items():
+            dist.cmdclass[name] = fat_command(name, dist.cmdclass.get(name), cls)
+
+
+def fat_command(name: str, given: type | None, ours: type) -> type:
+    """The command class to use for ``name``: ``ours`` if nothing is given or ``given`` already derives from it;
+    else ``given`` with ours put in front (``class X(ours, given)``), so a project's own ``build_ext`` (or
+    versioneer's ``build_py``) keeps its behaviour for everything else and still builds and wires fat modules."""
+    if given is None or issubclass(given, ours):
+        return given or ours
+    try:
+        return type(given.__name__, (ours, given), {"__module__": given.__module__, "__doc__": given.__doc__})
+    except TypeError as exc:
+        raise BuildError(f"cmdclass[{name!r}] = {given.__module__}.{given.__qualname__} cannot be combined with "
+                         f"fatdispatch.build.{ours.__name__} ({exc}); derive it from fatdispatch.build."
+                         f"{ours.__name__} (see README.md, 'Combining with an existing build_ext')") from None
 
 
 finalize_distribution_options.order = 100  # type: ignore[attr-defined]  # after setuptools' own pyproject step

@@ -44,7 +44,11 @@ def inspect_wheel(path: str) -> dict[str, Any]:
                     "compressed_size": sum(i.compress_size for i in files),
                     "properties": list(v.properties),
                 })
-            modules.append({"module": man.module, "folder": folder, "generator": man.generator, "builds": builds})
+            from ._audit import stale_entries
+
+            rel = [n[len(folder) + 1:] for n in infos if n.startswith(folder + "/") and not n.endswith("/")]
+            modules.append({"module": man.module, "folder": folder, "generator": man.generator, "builds": builds,
+                            "stale": stale_entries(rel, man)})
     import os
 
     size = os.path.getsize(path)
@@ -69,6 +73,11 @@ def print_inspect(path: str, as_json: bool) -> int:
                 req += f", CUDA >= {b['cuda_runtime']}"
             targets = " ".join([f"sm_{t}" for t in b["sass"]] + [f"compute_{t}" for t in b["ptx"]]) or "-"
             print(f"    {b['name']:<18} {b['kind']:<5} {req:<34} {targets:<24} {b['size'] / 1024:9.1f}")
+    for m in info["modules"]:
+        if m["stale"]:
+            print(f"WARNING: {m['folder']} holds files no build in its manifest owns (stale builds?): "
+                  f"{', '.join(m['stale'])}; rebuild from a clean tree (python -m fatdispatch audit checks this)",
+                  file=sys.stderr)
     if info["over_pypi_limit"]:
         print(f"WARNING: {path} is {info['size'] / 2**20:.1f} MiB, over PyPI's 100 MiB limit", file=sys.stderr)
     return 0

@@ -7,9 +7,9 @@ and CUDA builds); fatdispatch binds the best one this machine can run.
 __import__("_fatdispatch").install(__name__, ["_core"])  # fatdispatch: bind the best build of each fat module
 
 from . import _core  # noqa: E402
-from ._core import build_info, hamming, noop, popcount  # noqa: E402
+from ._core import build_info, dot, hamming, noop, popcount  # noqa: E402
 
-__all__ = ["hamming", "popcount", "noop", "build_info", "variant", "hamming_reference"]
+__all__ = ["hamming", "popcount", "dot", "noop", "build_info", "variant", "hamming_reference"]
 
 
 def variant() -> str:

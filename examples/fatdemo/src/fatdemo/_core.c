@@ -290,12 +290,61 @@ static PyObject *cuda_device(PyObject *self, PyObject *unused)
 }
 #endif
 
+/* ==== floating-point kernel (fatdispatch issue 15: the same results from every build) ==================
+ * dot(a, b): the sum of a[i] * b[i] over two equal-size buffers of float64, added in index order.  Where a
+ * build has FMA (x86-64-v3/v4) and the compiler may contract, `s += a[i] * b[i]` becomes one fused multiply-add
+ * (one rounding instead of two) and the sum differs in its last bits from the baseline build's.  fatdispatch
+ * compiles every build with -ffp-contract=off unless the packager opts in (fp-contract = true), so every build
+ * returns the same bits; tests/test_audit.py checks both. */
+static double dot_kernel(const double *a, const double *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static PyObject *dot(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer a, b;
+    double s;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "dot(a, b) takes two buffers of float64");
+        return NULL;
+    }
+    if (get_bytes(args[0], &a, "a") != 0)
+        return NULL;
+    if (get_bytes(args[1], &b, "b") != 0) {
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    if (a.len != b.len || a.len % (Py_ssize_t)sizeof(double) != 0) {
+        PyErr_Format(PyExc_ValueError, "dot needs two buffers of float64 of one size, got %zd and %zd bytes",
+                     a.len, b.len);
+        PyBuffer_Release(&a);
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    s = dot_kernel((const double *)a.buf, (const double *)b.buf, (size_t)a.len / sizeof(double));
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return PyFloat_FromDouble(s);
+}
+
+#define FATDEMO_FP_METHODS \
+    {"dot", (PyCFunction)(void (*)(void))dot, METH_FASTCALL, \
+     "dot(a, b) -> float: sum of a[i]*b[i] over two float64 buffers, in index order (same bits in every build)."},
+/* ==== end of the floating-point kernel ================================================================== */
+
 static PyMethodDef methods[] = {
     {"hamming", (PyCFunction)(void (*)(void))hamming, METH_FASTCALL,
      "hamming(a, b) -> int: the number of bits that differ between two equal-size buffers."},
     {"popcount", popcount, METH_O, "popcount(a) -> int: the number of bits set in a buffer."},
     {"noop", noop, METH_NOARGS, "Does nothing (for measuring call overhead)."},
     {"build_info", build_info, METH_NOARGS, "The build's variant name, kernel and instruction-set macros."},
+    FATDEMO_FP_METHODS
 #ifdef FATDISPATCH_CUDA
     {"cuda_device", cuda_device, METH_NOARGS, "Name and compute capability of CUDA device 0 (initialises CUDA)."},
 #endif
