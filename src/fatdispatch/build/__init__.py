@@ -16,7 +16,8 @@ by a setuptools plugin).  cffi: :func:`cffi_extension`.
 
 from ._catalog import BuildError, CpuVariant, CudaBuild, cpu_catalog, parse_cuda_spec
 from ._cffi import cffi_extension
+from ._cross import cross_env
 from ._setuptools import FatExtension, build_ext, build_py, cmdclass, wire_init
 
 __all__ = ["FatExtension", "build_ext", "build_py", "cmdclass", "cffi_extension", "BuildError", "CpuVariant",
-           "CudaBuild", "cpu_catalog", "parse_cuda_spec", "wire_init"]
+           "CudaBuild", "cpu_catalog", "cross_env", "parse_cuda_spec", "wire_init"]
