@@ -19,7 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     ins.add_argument("--json", action="store_true")
     tv = sub.add_parser("test-variants", help="run a test command once per build this machine can run")
     tv.add_argument("--module", action="append", default=[], help="only this fat module (repeatable)")
-    tv.add_argument("--qemu", action="store_true", help="also run older x86-64 builds under qemu-x86_64")
+    tv.add_argument("--qemu", action="store_true", help="also run older x86-64 builds under qemu-x86_64 "
+                    "(on aarch64: every aarch64 build under qemu-aarch64 with a CPU model that picks it)")
+    tv.add_argument("--qemu-aarch64", metavar="QEMU", help="run the aarch64 builds under this qemu-aarch64 (>= 10), "
+                    "one CPU model each; the command may be an emulated interpreter (see --sysroot)")
+    tv.add_argument("--sysroot", metavar="DIR", help="with --qemu-aarch64: the aarch64 root filesystem (qemu -L)")
+    tv.add_argument("--path", action="append", metavar="DIR", help="with --qemu-aarch64: find fat modules in DIR "
+                    "(an install folder for the emulated interpreter) instead of on sys.path (repeatable)")
     tv.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND...")
     sl = sub.add_parser("slim", help="write a copy of a wheel holding only the chosen builds")
     sl.add_argument("wheel")
@@ -41,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             if not cmd:
                 parser.error("test-variants needs a command after --")
+            if args.qemu_aarch64 or (args.qemu and _machine_is_aarch64()):
+                from ._toolbox import test_variants_aarch64
+
+                import shutil
+
+                qemu = args.qemu_aarch64 or shutil.which("qemu-aarch64")
+                if qemu is None:
+                    parser.error("--qemu on aarch64 needs qemu-aarch64 (>= 10 for the neoverse models) on PATH")
+                rc = test_variants(cmd, args.module, False) if not args.qemu_aarch64 else 0
+                return max(rc, test_variants_aarch64(cmd, qemu, args.sysroot, args.module, paths=args.path))
             return test_variants(cmd, args.module, args.qemu)
         if args.command == "slim":
             from .build._wheel import print_slim
@@ -60,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     return 2
+
+
+def _machine_is_aarch64() -> bool:
+    import platform
+
+    return platform.machine().lower() in ("aarch64", "arm64")
 
 
 if __name__ == "__main__":
