@@ -412,3 +412,45 @@ def test_emulated_cpu_tests(arm64_site: Path, tmp_path: Path) -> None:
     assert "test_live_probe_agrees_with_proc_cpuinfo_aarch64 PASSED" in p.stdout, tail
     assert "test_cpuinfo_parser PASSED" in p.stdout and "test_aarch64_hwcaps PASSED" in p.stdout, tail
     assert " failed" not in p.stdout.splitlines()[-1], tail
+
+
+BINFMT = (r":qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:"
+          r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:{qemu}:FP\n")
+
+
+def in_aarch64_namespace(script: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (sh) in a private user+mount namespace whose own binfmt_misc runs aarch64 ELF files with
+    qemu 10: there an emulated interpreter can start others, as on a real aarch64 machine."""
+    setup = (f"mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && "
+             f"printf '{BINFMT.format(qemu=QEMU)}' > /proc/sys/fs/binfmt_misc/register && ")
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", setup + script],
+                          env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=_no_core_dump)
+
+
+@emulated
+@pytest.mark.slow
+def test_emulated_aarch64_host_test_variants_qemu(arm64_site: Path, tmp_path: Path) -> None:
+    """On an aarch64 machine ``test-variants --qemu`` runs every build natively, then each under the qemu model
+    that picks it.  The machine is the emulated interpreter (QEMU_CPU=max) with binfmt_misc of its own."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) missing")
+    qbin = tmp_path / "bin"
+    qbin.mkdir()
+    (qbin / "qemu-aarch64").symlink_to(QEMU)  # the qemu-aarch64 on PATH is qemu 10
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FATDISPATCH_", "PYTHON", "QEMU_"))}
+    env.update(PATH=f"{qbin}:{env.get('PATH', '/usr/bin:/bin')}", QEMU_LD_PREFIX=str(ROOTFS), QEMU_CPU="max",
+               PYTHONPATH=str(arm64_site), PYTHONDONTWRITEBYTECODE="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    probe = in_aarch64_namespace(f"{PY} -c 'import subprocess, sys; subprocess.run([sys.executable, \"-c\", \"\"], "
+                                 "check=True)'", env, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"no private binfmt_misc here (unshare --user --mount): {probe.stderr.strip()[-200:]}")
+    code = "import fatdemo, sys; sys.exit(fatdemo.hamming(b'\\\\x0f' * 100, bytes(100)) != 400)"
+    p = in_aarch64_namespace(f"{PY} -m fatdispatch test-variants --qemu -- {PY} -c \"{code}\"", env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    lines = p.stdout.splitlines()
+    for build in ("baseline", "armv8.2-dotprod", "armv8.2-sve"):
+        assert any(f"fatdemo._core:{build}" in ln and " native " in ln and "passed" in ln for ln in lines), p.stdout
+    for build, model in (("baseline", "cortex-a53"), ("armv8.2-dotprod", "neoverse-n1"), ("armv8.2-sve", "a64fx")):
+        assert any(f"fatdemo._core:{build}" in ln and f"qemu -cpu {model}" in ln and "passed" in ln
+                   for ln in lines), p.stdout
+    assert "3 passed, 0 failed (aarch64 builds under qemu)" in lines[-1]

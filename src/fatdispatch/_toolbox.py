@@ -93,6 +93,17 @@ def qemu_aarch64_models() -> list[tuple[str, int, int]]:
     return [(m, *data["models"][m]) for m in data["order"]]
 
 
+def _qemu_version(qemu: str) -> tuple[int, int] | None:
+    import re
+
+    try:
+        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def _words(h1: int, h2: int) -> "Callable[[], tuple[int, int]]":
     return lambda: (h1, h2)
 
@@ -144,6 +155,10 @@ def test_variants_aarch64(command: Sequence[str], qemu: str, sysroot: str | None
     if not names or missing:
         print(f"test-variants: not installed: {', '.join(missing) or 'no fat modules found'}", file=sys.stderr)
         return 2
+    version = _qemu_version(qemu)
+    if version is None or version < (10, 0):
+        print(f"test-variants: WARNING: {qemu} is qemu {'.'.join(map(str, version or ())) or '(version unknown)'}; "
+              "the models were recorded under qemu 10 (older ones lack neoverse-v1/n2 and may differ)", file=sys.stderr)
     prefix = [qemu] + (["-L", sysroot] if sysroot else [])
     rows: list[tuple[str, str, str, str, float]] = []
     failed = 0
