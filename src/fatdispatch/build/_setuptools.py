@@ -66,7 +66,8 @@ class FatExtension(Extension):
     """An extension built once per variant and dispatched at import.
 
     ``variants``: CPU catalog names (default: every variant of the build
-    architecture).  ``cuda_sources``: ``.cu`` files compiled by nvcc into the
+    architecture); names from another architecture's catalog are left out, so
+    one list serves every architecture the package is built for.  ``cuda_sources``: ``.cu`` files compiled by nvcc into the
     CUDA builds only; ``cuda_targets``: one CUDA build per entry, an entry being
     ``sm_XY``/``compute_XY`` or several joined with ``+`` (``"sm_80+sm_86"``),
     optionally named (``"ampere=sm_80+sm_86"``).  The C sources of a CUDA build
