@@ -18,6 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# the emulated aarch64 environment (tests/test_aarch64.py): arm64 CPython + qemu 10 under .arm64/, cached; one line
+# and no failure where it cannot be made (not root, no apt, no network)
+bash build_tools/arm64_env.sh
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PY --version)"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fatdispatch._cpu import feature_table
+from fatdispatch._tables import feature_table
 from fatdispatch.build._catalog import check_cuda_build, cpu_catalog, load, parse_cuda_spec, BuildError
 
 VARIANTS = Path(__file__).resolve().parent.parent / "variants"

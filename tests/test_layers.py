@@ -21,6 +21,8 @@ LAYERS: list[set[str]] = [
     {"_fatdispatch"},
     {"fatdispatch._errors", "fatdispatch._records"},
     {"fatdispatch._manifest", "fatdispatch._env", "fatdispatch._privfile"},
+    {"fatdispatch._tables"},
+    {"fatdispatch._aarch64"},
     {"fatdispatch._cpu", "fatdispatch._cuda", "fatdispatch._nvml", "fatdispatch._discover"},
     {"fatdispatch._gpu", "fatdispatch._select"},
     {"fatdispatch._load"},

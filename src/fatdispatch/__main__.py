@@ -21,10 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     ins.add_argument("--json", action="store_true")
     tv = sub.add_parser("test-variants", help="run a test command once per build this machine can run")
     tv.add_argument("--module", action="append", default=[], help="only this fat module (repeatable)")
-    tv.add_argument("--qemu", action="store_true", help="also run each CPU model's build under qemu-x86_64")
+    tv.add_argument("--qemu", action="store_true", help="also run each CPU model's build under qemu-x86_64 "
+                    "(on aarch64: every aarch64 build under qemu-aarch64 with a CPU model that picks it)")
     tv.add_argument("--cpu-models", default=",".join(DEFAULT_MODELS),
                     help="qemu CPU models for --qemu, comma-separated (default: %(default)s)")
     tv.add_argument("--no-audit", action="store_true", help="skip the machine-code audit of the modules")
+    tv.add_argument("--qemu-aarch64", metavar="QEMU", help="run the aarch64 builds under this qemu-aarch64 (>= 10), "
+                    "one CPU model each; the command may be an emulated interpreter (see --sysroot)")
+    tv.add_argument("--sysroot", metavar="DIR", help="with --qemu-aarch64: the aarch64 root filesystem (qemu -L)")
+    tv.add_argument("--path", action="append", metavar="DIR", help="with --qemu-aarch64: find fat modules in DIR "
+                    "(an install folder for the emulated interpreter) instead of on sys.path (repeatable)")
     tv.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND...")
     au = sub.add_parser("audit", help="check every CPU build's machine code against what its manifest requires")
     au.add_argument("paths", nargs="*", help="wheels or folders (default: the installed fat modules)")
@@ -51,6 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             if not cmd:
                 parser.error("test-variants needs a command after --")
             models = [m.strip() for m in args.cpu_models.split(",") if m.strip()]
+            if args.qemu_aarch64 or (args.qemu and _machine_is_aarch64()):
+                import shutil
+
+                from ._toolbox import test_variants_aarch64
+
+                qemu = args.qemu_aarch64 or shutil.which("qemu-aarch64")
+                if qemu is None:
+                    parser.error("--qemu on aarch64 needs qemu-aarch64 (>= 10 for the neoverse models) on PATH")
+                rc = (test_variants(cmd, args.module, False, cpu_models=models, audit=not args.no_audit)
+                      if not args.qemu_aarch64 else 0)
+                return max(rc, test_variants_aarch64(cmd, qemu, args.sysroot, args.module, paths=args.path))
             return test_variants(cmd, args.module, args.qemu, cpu_models=models, audit=not args.no_audit)
         if args.command == "audit":
             from .build._audit import main as audit_main
@@ -74,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     return 2
+
+
+def _machine_is_aarch64() -> bool:
+    import platform
+
+    return platform.machine().lower() in ("aarch64", "arm64")
 
 
 if __name__ == "__main__":

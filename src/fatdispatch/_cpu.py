@@ -14,7 +14,7 @@ import os
 import sys
 
 from ._errors import FatDispatchError
-from ._manifest import read_json
+from ._tables import feature_table
 from ._records import CPU
 
 TYPE_CHECKING = False
@@ -28,19 +28,6 @@ try:
     _native = _fatdispatch_cpu
 except ImportError:  # fatdispatch built without its compiled primitives: /proc/cpuinfo and friends
     _native = None
-
-_TABLE_PATH = os.path.join(os.path.dirname(__file__), "_data", "cpu_features.json")
-_table: "dict[str, Any] | None" = None
-
-
-def feature_table() -> "dict[str, Any]":
-    """The CPU feature vocabulary (``_data/cpu_features.json``): the one copy, also compiled into the
-    primitives' decoder (``build_tools/gen_cpu_table.py``)."""
-    global _table
-    if _table is None:
-        _table = read_json(_TABLE_PATH)
-    return _table
-
 
 def native() -> "Any":
     """The compiled primitives ``_fatdispatch_cpu``, or None."""
@@ -148,9 +135,10 @@ def _probe_cpu_uncached() -> "CPU":
 
 def probe_other_cpu(arch: "str", native: "Any") -> "CPU":
     """The CPU probe off x86-64, or without the compiled helper: auxv, sysctl, then /proc/cpuinfo."""
-    if native is not None and arch == "aarch64" and hasattr(native, "hwcaps"):
-        h1, h2 = native.hwcaps()
-        return aarch64_from_hwcaps(h1, h2)
+    if arch == "aarch64" and (hasattr(native, "hwcaps") or not hasattr(native, "sysctl")):  # Linux: _aarch64
+        from ._aarch64 import probe_cpu_record
+
+        return probe_cpu_record(getattr(native, "hwcaps", None))
     if native is not None and hasattr(native, "sysctl"):
         tab = feature_table()["aarch64"]["macos_sysctl"]
         return from_sysctl({key: native.sysctl(key) for key in set(tab.values())}, arch)
@@ -177,10 +165,10 @@ def _raw_cpuinfo() -> "str | None":
 def aarch64_from_hwcaps(hwcap: "int", hwcap2: "int", source: "str" = "hwcap",
                         table: "Mapping[str, Any] | None" = None) -> "CPU":
     """Turn Linux's ``AT_HWCAP``/``AT_HWCAP2`` words into a :class:`CPU`."""
-    tab = (table or feature_table())["aarch64"]
-    feats = {n for n, b in tab["hwcap"].items() if (hwcap >> b) & 1}
-    feats.update(n for n, b in tab["hwcap2"].items() if (hwcap2 >> b) & 1)
-    return CPU(arch="aarch64", features=frozenset(feats), x86_64_level=None, vendor="", source=source, notes=())
+    from ._aarch64 import decode_hwcaps  # the one aarch64 decoder
+
+    return CPU(arch="aarch64", features=decode_hwcaps(hwcap, hwcap2, table), x86_64_level=None, vendor="",
+               source=source, notes=())
 
 
 def from_sysctl(values: "Mapping[str, int | None]", arch: "str", table: "Mapping[str, Any] | None" = None) -> "CPU":
@@ -220,9 +208,10 @@ def from_cpuinfo(text: "str", arch: "str", table: "Mapping[str, Any] | None" = N
         fs = frozenset(feats)
         return CPU(arch=arch, features=fs, x86_64_level=x86_64_level(fs, tab), vendor="", source="proc-cpuinfo",
                    notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
-    known = set(tab["aarch64"]["hwcap"]) | set(tab["aarch64"]["hwcap2"])
-    return CPU(arch=arch, features=frozenset(f for f in flags if f in known), x86_64_level=None, vendor="",
-               source="proc-cpuinfo", notes=("compiled probe unavailable; read /proc/cpuinfo (first CPU)",))
+    from ._aarch64 import from_cpuinfo as arm_from_cpuinfo  # the one aarch64 decoder: every core's Features
+
+    arm = arm_from_cpuinfo(text, tab)
+    return CPU(arch=arch, features=arm.features, x86_64_level=None, vendor="", source=arm.source, notes=arm.notes)
 
 
 def without(cpu: "CPU", names: "frozenset[str]", why: "str", table: "Mapping[str, Any] | None" = None) -> "CPU":

@@ -14,7 +14,8 @@ The environment's rules (``FATDISPATCH_FORCE``, ``FATDISPATCH_DISABLE``, ``FATDI
 :mod:`fatdispatch._env`'s; NVIDIA's are :mod:`fatdispatch._cuda`'s.
 """
 
-from ._cpu import feature_table, without
+from ._cpu import without
+from ._tables import feature_table
 from ._cuda import MATCH_NAMES, max_sm, runtime_problem, sm_fit, targets_text, visible_gpus
 from ._env import ALIASES, CATEGORIES, boolean, disabled_features, force_for, shapes_decision
 from ._errors import ConfigError

@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._catalog import BuildError, CpuVariant, CudaBuild, cpu_catalog, parse_cuda_spec
     from ._cffi import cffi_extension
+    from ._cross import cross_env
     from ._setuptools import FatExtension, build_ext, build_py, cmdclass, wire_init
 
 __all__ = ["FatExtension", "build_ext", "build_py", "cmdclass", "cffi_extension", "BuildError", "CpuVariant",
-           "CudaBuild", "cpu_catalog", "parse_cuda_spec", "wire_init"]
+           "CudaBuild", "cpu_catalog", "cross_env", "parse_cuda_spec", "wire_init"]
 
 _WHERE = {"BuildError": "_catalog", "CpuVariant": "_catalog", "CudaBuild": "_catalog", "cpu_catalog": "_catalog",
-          "parse_cuda_spec": "_catalog", "cffi_extension": "_cffi", "FatExtension": "_setuptools",
+          "parse_cuda_spec": "_catalog", "cffi_extension": "_cffi", "cross_env": "_cross", "FatExtension": "_setuptools",
           "build_ext": "_setuptools", "build_py": "_setuptools", "cmdclass": "_setuptools", "wire_init": "_setuptools"}
 
 

@@ -34,7 +34,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Mapping, Sequence
 
-from .._cpu import feature_table
+from .._tables import feature_table
 from .._errors import FatDispatchError
 from .._manifest import MANIFEST_NAME, VARIANTS_SUFFIX, parse_manifest
 from .._records import Manifest

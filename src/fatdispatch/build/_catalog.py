@@ -63,6 +63,23 @@ def cpu_variant(name: str, arch: str) -> CpuVariant:
     return cat[name]
 
 
+CATALOG_ARCHES = ("x86_64", "aarch64")
+
+
+def variants_for(names: list[str] | tuple[str, ...], arch: str) -> list[CpuVariant]:
+    """The declared CPU variants that exist for ``arch``, in declaration order.
+
+    One declaration serves every architecture: a name only another architecture's catalog has (``x86-64-v3``
+    when building for aarch64) is left out; a name no catalog has is an error.
+    """
+    cat = cpu_catalog(arch)
+    others = {n for a in CATALOG_ARCHES if a != arch for n in cpu_catalog(a)}
+    unknown = [n for n in names if n not in cat and n not in others]
+    if unknown:
+        raise BuildError(f"unknown variant(s) {', '.join(map(repr, unknown))}; the {arch} catalog has: {', '.join(cat)}")
+    return [cat[n] for n in names if n in cat]
+
+
 _TARGET = re.compile(r"^(sm|compute)_(\d{2,3})([af]?)$")
 
 

@@ -37,7 +37,7 @@ from .._cpu import normalize_arch
 from .._manifest import MANIFEST_NAME, SCHEMA_VERSION, VARIANTS_SUFFIX, parse_manifest
 from . import _audit
 from ._catalog import (BuildError, CpuVariant, CudaBuild, check_cuda_build, cpu_catalog, cpu_variant, cuda_flags,
-                       nvcc_path, nvcc_version, parse_cuda_spec)
+                       nvcc_path, nvcc_version, parse_cuda_spec, variants_for)
 from ._flags import FP_CONTRACT_OFF, split_isa_flags
 
 PYPI_LIMIT = 100 * 1024 * 1024
@@ -53,11 +53,23 @@ def build_arch() -> str:
     return normalize_arch(platform.machine())
 
 
+def ext_suffix(arch: str) -> str:
+    """The extension file suffix for ``arch``: ``SETUPTOOLS_EXT_SUFFIX`` (setuptools' own cross-build variable, so
+    the fat builds and plain extensions agree), else this interpreter's, which is right only for its own arch."""
+    suffix = os.environ.get("SETUPTOOLS_EXT_SUFFIX") or sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    host = normalize_arch(platform.machine())
+    if arch != host and not os.environ.get("SETUPTOOLS_EXT_SUFFIX"):
+        raise BuildError(f"building for {arch} on {host}: set SETUPTOOLS_EXT_SUFFIX to the target's EXT_SUFFIX "
+                         f"(e.g. .cpython-311-{arch}-linux-gnu.so), or use fatdispatch.build.cross_env()")
+    return suffix
+
+
 class FatExtension(Extension):
     """An extension built once per variant and dispatched at import.
 
     ``variants``: CPU catalog names (default: every variant of the build
-    architecture).  ``cuda_sources``: ``.cu`` files compiled by nvcc into the
+    architecture); names from another architecture's catalog are left out, so
+    one list serves every architecture the package is built for.  ``cuda_sources``: ``.cu`` files compiled by nvcc into the
     CUDA builds only; ``cuda_targets``: one CUDA build per entry, an entry being
     ``sm_XY``/``compute_XY`` or several joined with ``+`` (``"sm_80+sm_86"``),
     optionally named (``"ampere=sm_80+sm_86"``).  The C sources of a CUDA build
@@ -83,7 +95,7 @@ class FatExtension(Extension):
         super().__init__(name, sources, **kwargs)
         self.arch = build_arch()
         catalog = cpu_catalog(self.arch)
-        self.variants = [cpu_variant(v, self.arch) for v in (variants if variants is not None else list(catalog))]
+        self.variants = variants_for(list(variants) if variants is not None else list(catalog), self.arch)
         self.cuda_sources = list(cuda_sources)
         self.cuda_builds = [parse_cuda_spec(t) for t in cuda_targets]
         if self.cuda_builds and not self.cuda_sources:
@@ -352,7 +364,7 @@ class build_ext(_build_ext):
     def _run_job(self, job: _Job, nvcc: str | None, runtime: tuple[int, int]) -> None:
         ext = job.ext
         started = time.perf_counter()
-        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        suffix = ext_suffix(ext.arch)
         out_dir = os.path.join(self._variants_dir(ext), job.name)
         os.makedirs(out_dir, exist_ok=True)
         job.output = os.path.join(out_dir, ext.modname + suffix)

@@ -73,10 +73,98 @@ static const char *const isa_macros[] = {
 #ifdef __AVX512VPOPCNTDQ__
     "__AVX512VPOPCNTDQ__",
 #endif
+#if defined(__aarch64__) /* aarch64 */
+#ifdef __ARM_NEON
+    "__ARM_NEON",
+#endif
+#ifdef __ARM_FEATURE_DOTPROD
+    "__ARM_FEATURE_DOTPROD",
+#endif
+#ifdef __ARM_FEATURE_SVE
+    "__ARM_FEATURE_SVE",
+#endif
+#ifdef __ARM_FEATURE_SVE2
+    "__ARM_FEATURE_SVE2",
+#endif
+#endif /* aarch64 */
     NULL
 };
 
-#if defined(__AVX512BW__)
+/* ---------------------------------------------------------------- aarch64 (kept apart from the x86 code)
+ *   baseline (armv8-a):  NEON CNT per byte, pairwise widening adds, 64 bytes a step
+ *   armv8.2-dotprod:     NEON CNT, byte counts summed with UDOT, 64 bytes a step
+ *   armv8.2-sve:         SVE CNT on 64-bit lanes, predicated loads (no scalar tail), one vector a step
+ * fd_arm_bulk() counts the bits of the first bytes and returns how many it consumed; count_bits() finishes. */
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#if defined(__ARM_FEATURE_SVE)
+#include <arm_sve.h>
+#define KERNEL "sve-cnt"
+#elif defined(__ARM_FEATURE_DOTPROD)
+#define KERNEL "neon-cnt-udot"
+#else
+#define KERNEL "neon-cnt"
+#endif
+#define FD_ARM_KERNEL 1
+
+static size_t fd_arm_bulk(const unsigned char *a, const unsigned char *b, size_t n, int xor_mode, uint64_t *total)
+{
+#if defined(__ARM_FEATURE_SVE)
+    const svbool_t all = svptrue_b64();
+    svuint64_t acc = svdup_n_u64(0);
+    for (uint64_t i = 0; i < n; i += svcntb()) {
+        svbool_t pg = svwhilelt_b8_u64(i, n);
+        svuint8_t x = svld1_u8(pg, a + i); /* inactive bytes read as 0 and count nothing */
+        if (xor_mode)
+            x = sveor_u8_z(pg, x, svld1_u8(pg, b + i));
+        acc = svadd_u64_x(all, acc, svcnt_u64_x(all, svreinterpret_u64_u8(x)));
+    }
+    *total += svaddv_u64(all, acc);
+    return n;
+#else
+    size_t i = 0;
+    while (i + 64 <= n) {
+        size_t steps = (n - i) / 64;
+#if defined(__ARM_FEATURE_DOTPROD)
+        const uint8x16_t ones = vdupq_n_u8(1);
+        uint32x4_t acc = vdupq_n_u32(0);          /* each step adds <= 128 to a lane */
+        if (steps > ((size_t)1 << 24))
+            steps = (size_t)1 << 24;
+#else
+        uint16x8_t acc = vdupq_n_u16(0);          /* each step adds <= 64 to a lane */
+        if (steps > 1023)
+            steps = 1023;
+#endif
+        for (size_t k = 0; k < steps; k++, i += 64) {
+            uint8x16_t x0 = vld1q_u8(a + i), x1 = vld1q_u8(a + i + 16);
+            uint8x16_t x2 = vld1q_u8(a + i + 32), x3 = vld1q_u8(a + i + 48);
+            if (xor_mode) {
+                x0 = veorq_u8(x0, vld1q_u8(b + i));
+                x1 = veorq_u8(x1, vld1q_u8(b + i + 16));
+                x2 = veorq_u8(x2, vld1q_u8(b + i + 32));
+                x3 = veorq_u8(x3, vld1q_u8(b + i + 48));
+            }
+            uint8x16_t c = vaddq_u8(vaddq_u8(vcntq_u8(x0), vcntq_u8(x1)), vaddq_u8(vcntq_u8(x2), vcntq_u8(x3)));
+#if defined(__ARM_FEATURE_DOTPROD)
+            acc = vdotq_u32(acc, c, ones);
+#else
+            acc = vpadalq_u8(acc, c);
+#endif
+        }
+#if defined(__ARM_FEATURE_DOTPROD)
+        *total += vaddlvq_u32(acc);
+#else
+        *total += vaddlvq_u16(acc);
+#endif
+    }
+    return i;
+#endif
+}
+#endif /* __aarch64__ */
+/* ---------------------------------------------------------------- end of aarch64 */
+
+#if defined(KERNEL)  /* set by the aarch64 block above */
+#elif defined(__AVX512BW__)
 #define KERNEL "avx512bw-vpshufb"
 #elif defined(__AVX2__)
 #define KERNEL "avx2-vpshufb"
@@ -110,7 +198,9 @@ static uint64_t count_bits(const unsigned char *a, const unsigned char *b, size_
 {
     uint64_t total = 0;
     size_t i = 0;
-#if defined(__AVX512BW__)
+#if defined(FD_ARM_KERNEL)
+    i = fd_arm_bulk(a, b, n, xor_mode, &total);  /* the aarch64 block above */
+#elif defined(__AVX512BW__)
     {
         const __m512i lut = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);
         const __m512i low = _mm512_set1_epi8(0x0f);
