@@ -704,12 +704,6 @@ def _judge_cuda(v: Variant, gpu: GPUs, visible: tuple[GPU, ...], vis_note: str |
         return f"no usable NVIDIA GPU: {gpu.reason}", 0
     if not visible:
         return f"no usable NVIDIA GPU: {vis_note or 'none visible'}", 0
-    drv = gpu.cuda_driver_version
-    need = v.cuda.runtime
-    if drv is None or drv < need:
-        have = f"{drv[0]}.{drv[1]}" if drv else "unknown"
-        return (f"built with CUDA {need[0]}.{need[1]}, but the driver supports CUDA {have}: "
-                f"update the NVIDIA driver (CUDA 13 needs driver >= 580)"), 0
     from ._slowpath import _targets_text, sm_fit
 
     fits = []
@@ -720,7 +714,10 @@ def _judge_cuda(v: Variant, gpu: GPUs, visible: tuple[GPU, ...], vis_note: str |
             return (f"no code for GPU {g.index} ({g.name}, compute capability {cc[0]}.{cc[1]}): "
                     f"the build carries {_targets_text(v)}"), 0
         fits.append(fit)
-    return None, min(fits)
+    from ._cuda import runtime_ok  # fatdispatch: the driver rule (minor-version compatibility) lives in _cuda
+
+    ok, why = runtime_ok(v.cuda.runtime, gpu.cuda_driver_version, min(fits) >= 2, bool(v.cuda.ptx), gpu.driver_version)
+    return (None, min(fits)) if ok else (why, 0)
 
 
 # ---------------------------------------------------------------- the decision
@@ -752,8 +749,13 @@ def select(manifest: Manifest, hardware: Hardware, env: Mapping[str, str]) -> Se
         fit = 0
         if why is None and v.kind == "cuda":
             why, fit = _judge_cuda(v, hw.gpu, visible, vis_note)
-        score: tuple[int, ...] = (1 if v.kind == "cuda" else 0, fit, v.priority, v.x86_64_level or 0,
-                                  len(v.features), _max_sm(v), -idx)
+        exact = 0
+        if fit == 3 and v.cuda is not None:  # fatdispatch: on the exact capability a > f > plain SASS (issue 12)
+            from ._cuda import exact_rank
+
+            exact = min(exact_rank(v.cuda.sass, g.compute_capability) for g in visible)
+        score: tuple[int, ...] = (1 if v.kind == "cuda" else 0, fit, v.priority, exact,
+                                  v.x86_64_level or 0, len(v.features), _max_sm(v), -idx)
         judged.append((v, why, score))
 
     usable = sorted(((v, s) for v, why, s in judged if why is None), key=lambda p: p[1], reverse=True)
