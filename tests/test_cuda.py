@@ -130,6 +130,8 @@ def test_runtime_ok(runtime: tuple[int, int], driver: tuple[int, int] | None, sa
     assert got is ok
     if not ok:
         assert why and "update the NVIDIA driver" in why
+        if driver and driver[0] == runtime[0]:
+            assert f"supporting CUDA {runtime[0]}.{runtime[1]}" in why
     elif driver and driver < runtime:
         assert why and "minor-version compatibility" in why
 

@@ -89,6 +89,12 @@ def test_same_answer_as_pynvml(sim: Path, name: str) -> None:
     assert ours["devices"] == theirs["devices"]
     assert len(ours["devices"]) == len(desc["nvidia"]["devices"])
     assert any(d[4] for d in ours["devices"]) == any(d.get("mig") for d in desc["nvidia"]["devices"])
+    # explain --machine reads the same description without a driver: it must see what the binding saw
+    from fatdispatch._machine import gpus_from_machine
+
+    g = gpus_from_machine(desc)
+    assert [[d.index, d.name, d.uuid, list(d.compute_capability), list(d.mig_uuids)] for d in g.devices] == ours["devices"]
+    assert list(g.cuda_driver_version or ()) == ours["cuda"] and g.driver_version == ours["driver"]
 
 
 @pytest.mark.parametrize("call,code", [("nvmlInit", 9), ("nvmlInit", 18), ("nvmlDeviceGetCount", 15),
@@ -99,6 +105,9 @@ def test_same_error_as_pynvml(sim: Path, call: str, code: int) -> None:
     out = both(desc)
     assert out["theirs"]["error"] == code
     assert out["ours"]["devices"] == [] and f"({code})" in out["ours"]["reason"]
+    from fatdispatch._machine import gpus_from_machine
+
+    assert gpus_from_machine(desc).reason == out["ours"]["reason"]
 
 
 def test_no_libcuda_is_library_not_found_for_both(sim: Path) -> None:

@@ -135,9 +135,11 @@ def runtime_ok(runtime: tuple[int, int], driver_cuda: tuple[int, int] | None, ha
         return True, None
     if driver_cuda[0] != runtime[0]:
         return False, f"built with CUDA {need}, but the driver supports CUDA {have}: {update}"
+    update = f"update the NVIDIA driver to one supporting CUDA {need} or later"
     branch = _branch(driver_version)
     if floor is not None and branch is not None and branch < floor:
-        return False, f"built with CUDA {need}; driver {driver_version} is below CUDA {runtime[0]}'s floor: {update}"
+        return False, (f"built with CUDA {need}; driver {driver_version} is below the CUDA {runtime[0]}.x floor: "
+                       f"update the NVIDIA driver (CUDA {runtime[0]}.x needs driver >= {floor})")
     if has_sass:
         return True, (f"built with CUDA {need} on a CUDA {have} driver: runs under minor-version compatibility "
                       f"(features newer than {have} are unavailable)")
