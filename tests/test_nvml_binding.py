@@ -115,4 +115,8 @@ def test_no_libcuda_is_library_not_found_for_both(sim: Path) -> None:
     desc["nvidia"]["libcuda"] = False
     out = both(desc)
     assert out["theirs"]["error"] == 12  # NVML_ERROR_LIBRARY_NOT_FOUND from nvmlSystemGetCudaDriverVersion_v2
-    assert out["ours"]["devices"] == [] and "LibraryNotFound" in out["ours"]["reason"]
+    # fatdispatch still lists the GPU and says why CUDA cannot use it
+    assert len(out["ours"]["devices"]) == 1 and "libcuda.so.1 is missing" in out["ours"]["reason"]
+    from fatdispatch._machine import gpus_from_machine
+
+    assert gpus_from_machine(desc).reason == out["ours"]["reason"]
