@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import simdriver
+from simdriver import simulated_driver  # noqa: F401 (a fixture)
 from conftest import FIXTURES, ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
@@ -36,14 +37,7 @@ def test_no_gpu_on_a_machine_without_a_driver() -> None:
 
 
 @pytest.mark.slow
-def test_dry_run_on_the_simulated_h200(wheels: dict[str, Path], tmp_path: Path) -> None:
-    problem = simdriver.namespace_problem()
-    if problem:
-        pytest.skip(problem)
-    try:
-        simdriver.build_libraries()
-    except simdriver.Unavailable as exc:
-        pytest.skip(str(exc))
+def test_dry_run_on_the_simulated_h200(simulated_driver: Path, wheels: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
     proc = simdriver.run_on_machine(FIXTURES / "machines" / "h200-driver580.json",
                                     [sys.executable, str(SCRIPT), "--wheels", str(wheels["dir"]), "--runs", "1",

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import simdriver
+from simdriver import simulated_driver  # noqa: F401 (a fixture)
 from conftest import FIXTURES
 from fatdispatch import _machine
 
@@ -44,16 +45,9 @@ def test_capture_this_machine(tmp_path: Path) -> None:
         assert desc["nvidia"] is None
 
 
-def test_capture_on_a_simulated_gpu_machine_round_trips() -> None:
+def test_capture_on_a_simulated_gpu_machine_round_trips(simulated_driver: Path) -> None:
     """capture on the simulated A100 (MIG) records what the driver holds, and that record, fed back to the
     simulated driver, gives the binding the same answer."""
-    problem = simdriver.namespace_problem()
-    if problem:
-        pytest.skip(problem)
-    try:
-        simdriver.build_libraries()
-    except simdriver.Unavailable as exc:
-        pytest.skip(str(exc))
     desc = json.loads((FIXTURES / "machines" / "a100-mig-driver580.json").read_text())
     proc = simdriver.run_on_machine(desc, [sys.executable, "-m", "fatdispatch", "capture"])
     assert proc.returncode == 0, proc.stderr

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import simdriver
+from simdriver import simulated_driver  # noqa: F401 (a fixture)
 from conftest import FIXTURES
 
 MACHINES = sorted(p.stem for p in (FIXTURES / "machines").glob("*.json"))
@@ -57,19 +58,13 @@ print(json.dumps({"ours": ours, "theirs": theirs}))
 """
 
 
-@pytest.fixture(scope="module")
-def sim() -> Path:
+@pytest.fixture
+def sim(simulated_driver: Path) -> Path:
     try:
         import pynvml  # noqa: F401
     except ImportError:
         pytest.skip("nvidia-ml-py (pynvml) is missing: pip install nvidia-ml-py (build_tools/setup_env.sh does)")
-    try:
-        problem = simdriver.namespace_problem()
-        if problem:
-            pytest.skip(problem)
-        return simdriver.build_libraries()
-    except simdriver.Unavailable as exc:
-        pytest.skip(str(exc))
+    return simulated_driver
 
 
 def both(desc: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import simdriver
+from simdriver import simulated_driver  # noqa: F401 (a fixture)
 from conftest import FIXTURES
 
 pytestmark = pytest.mark.slow
@@ -42,15 +43,9 @@ print(json.dumps({"variant": fatdemo.variant(), "import_s": took, "attempts": li
 """
 
 
-@pytest.fixture(scope="session")
-def sim() -> Path:
-    try:
-        problem = simdriver.namespace_problem()
-        if problem:
-            pytest.skip(problem)
-        return simdriver.build_libraries()
-    except simdriver.Unavailable as exc:
-        pytest.skip(str(exc))
+@pytest.fixture
+def sim(simulated_driver: Path) -> Path:
+    return simulated_driver
 
 
 def machine(name: str) -> dict[str, Any]:

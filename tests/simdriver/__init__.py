@@ -170,3 +170,25 @@ def run_on_machine(machine: Mapping[str, Any] | str | Path, argv: Sequence[str],
     finally:
         if own:
             shutil.rmtree(where, ignore_errors=True)
+
+
+def _session_fixture() -> Any:
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def simulated_driver() -> Path:
+        """The simulated driver's libraries, built once per session (skips, naming what is missing, where the
+        libraries cannot be built or no private mount namespace can be made)."""
+        try:
+            problem = namespace_problem()
+            if problem:
+                pytest.skip(problem)
+            return build_libraries()
+        except Unavailable as exc:
+            pytest.skip(str(exc))
+
+    return simulated_driver
+
+
+# Import it into a test module (``from simdriver import simulated_driver``) to use it as a fixture.
+simulated_driver = _session_fixture()
