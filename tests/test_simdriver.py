@@ -91,6 +91,7 @@ CASES = [
     ("h200-driver580", "cuda-sm90", {"cuda-sm90": "exact SASS"}),
     ("b200-driver580", "cuda-ptx75", {"cuda-sm90": "compute capability 10.0", "cuda-ptx75": "PTX"}),
     ("b300-driver590", "cuda-ptx75", {"cuda-sm90": "compute capability 10.3"}),
+    ("rtx5090-driver580", "cuda-ptx75", {"cuda-sm90": "compute capability 12.0"}),
     # Tegra: desktop SASS does not run on Orin; only PTX does (and only where the driver's CUDA covers it)
     ("orin-driver580", "cuda-ptx75", {"cuda-sm86": "compute capability 8.7", "cuda-sm80": "compute capability 8.7"}),
     ("orin-driver540", "CPU", {"cuda-sm86": "compute capability 8.7", "cuda-ptx75": "supports CUDA 12.6"}),
@@ -204,3 +205,51 @@ def test_cold_probe_is_not_stalled(sim: Path, demo_venv: Path, env: dict[str, st
     out = import_on(machine("h100-driver580"), demo_venv, env, code=PROBE)
     assert out["variant"] == "cuda-sm90", out["gpu_reason"]
     assert out["import_s"] < 1.5
+
+
+# ---------------------------------------------------------------- family and arch-specific targets through the import
+
+FAMILY_TARGETS = ["sm_90", "sm_90a", "sm_100f", "sm_100a", "compute_100f", "compute_90"]
+
+
+@pytest.fixture(scope="session")
+def family_venv(wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fatdemo rebuilt with family (sm_100f, compute_100f) and arch-specific (sm_90a, sm_100a) targets and only the
+    baseline CPU build, installed in a fresh virtual environment."""
+    import os
+    import re
+    import shutil
+    import sys
+
+    from conftest import EXAMPLE, fresh_venv, run
+
+    if shutil.which("nvcc") is None or os.environ.get("FATDISPATCH_SKIP_CUDA"):
+        pytest.skip("nvcc is missing (or FATDISPATCH_SKIP_CUDA is set): no CUDA builds to pick from")
+    work = tmp_path_factory.mktemp("family")
+    src = work / "fatdemo"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "*.variants", "tests"))
+    text = (src / "pyproject.toml").read_text()
+    text = re.sub(r"(?m)^variants = .*$", 'variants = ["baseline"]', text)
+    text = re.sub(r"(?m)^cuda-targets = .*$", "cuda-targets = " + json.dumps(FAMILY_TARGETS), text)
+    (src / "pyproject.toml").write_text(text)
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"),
+         str(src)], env=dict(os.environ, PIP_NO_INDEX="1"))
+    return fresh_venv(work / "venv", wheels["fatdispatch"], next((work / "dist").glob("fatdemo-*.whl")))
+
+
+FAMILY_CASES = [
+    ("h200-driver580", "cuda-sm90a", {"cuda-sm90": "ranked below", "cuda-sm100f": "compute capability 9.0"}),
+    ("b200-driver580", "cuda-sm100a", {"cuda-sm100f": "ranked below cuda-sm100a", "cuda-ptx100f": "PTX"}),
+    ("b300-driver590", "cuda-sm100f", {"cuda-sm100a": "compute capability 10.3", "cuda-ptx100f": "ranked below"}),
+    # compute_100f is family PTX: not for 12.0; plain compute_90 is forward-compatible
+    ("rtx5090-driver580", "cuda-ptx90", {"cuda-ptx100f": "compute capability 12.0", "cuda-sm100f": "12.0"}),
+]
+
+
+@pytest.mark.parametrize("name,pick,reasons", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+def test_family_and_arch_specific_targets(sim: Path, family_venv: Path, env: dict[str, str], name: str, pick: str,
+                                          reasons: dict[str, str]) -> None:
+    out = import_on(machine(name), family_venv, env)
+    assert out["variant"] == pick, out["reasons"]
+    for build, fragment in reasons.items():
+        assert fragment in out["reasons"][build], (build, out["reasons"][build])
