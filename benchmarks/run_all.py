@@ -261,19 +261,45 @@ def site_of(py: str) -> str:
 
 
 def simulated_gpu_host(work: Path) -> "dict | None":
-    """Runs the import benchmark on a simulated NVIDIA host (tests/simdriver: a libnvidia-ml.so.1 built against
-    NVIDIA's nvml.h and a libcuda.so.1 stub, found on the library path, /proc/driver/nvidia in a private mount
-    namespace), or None where it cannot be made here."""
+    """The import benchmark's runs on a simulated NVIDIA host: one H200 (compute capability 9.0) under driver 580
+    (tests/simdriver: a libnvidia-ml.so.1 built against NVIDIA's nvml.h and a libcuda.so.1 stub, found on the
+    library path; /proc/driver/nvidia in a private mount namespace), or None where it cannot be made here."""
+    sys.path.insert(0, str(ROOT / "tests"))
     try:
-        sys.path.insert(0, str(ROOT / "tests"))
-        import simdriver  # noqa: F401
+        import simdriver
+
+        problem = simdriver.namespace_problem()
+        if problem:
+            raise simdriver.Unavailable(problem)
+        machine = json.loads((ROOT / "tests" / "fixtures" / "machines" / "h200-driver580.json").read_text())
+        libdir, proc = simdriver.prepare(machine, work / "gpu-host")
     except Exception as exc:  # noqa: BLE001 - the benchmark runs without it, and says why
         print(f"   (no simulated GPU host: {type(exc).__name__}: {exc})", flush=True)
         return None
     finally:
         sys.path.pop(0)
-    return simdriver.benchmark_host(work, IMPORT_CODE, child_env=clean_env()) if hasattr(
-        simdriver, "benchmark_host") else None
+
+    def run(py: str, runs: int) -> dict:
+        env = clean_env(XDG_CACHE_HOME=str(work / "gpu-host-cache"))
+        env.pop("XDG_RUNTIME_DIR", None)
+
+        def one(mod: str, e: dict) -> dict:
+            out = simdriver.run_prepared(libdir, proc, [py, "-c", IMPORT_CODE.format(mod=mod)], e)
+            if out.returncode != 0:
+                raise RuntimeError(f"benchmark child failed on the simulated GPU host: {out.stderr}")
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        one("fatdemo", env)  # fills the pick cache (and the GPU facts cache)
+        samples: dict[str, dict] = {k: {"s": [], "v": ""} for k in ("gpu_plain", "gpu_hit", "gpu_first")}
+        for i in range(runs):
+            for key, mod, e in (("gpu_plain", "fatdemo_plain", env), ("gpu_hit", "fatdemo", env),
+                                ("gpu_first", "fatdemo", dict(env, XDG_CACHE_HOME=str(work / f"gpu-first-{i}")))):
+                r = one(mod, e)
+                samples[key]["s"].append(r["s"])
+                samples[key]["v"] = r["v"]
+        return samples
+
+    return {"run": run}
 
 
 FROZEN_APP = ("import time, sys\nt = time.perf_counter()\nimport {mod}\ndt = time.perf_counter() - t\n"

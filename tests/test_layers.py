@@ -19,15 +19,15 @@ SRC = ROOT / "src"
 # ``_fatdispatch_cpu``, are below everything).
 LAYERS: list[set[str]] = [
     {"_fatdispatch"},
-    {"fatdispatch._errors", "fatdispatch._records"},
+    {"fatdispatch._errors", "fatdispatch._records", "fatdispatch._cuda"},
     {"fatdispatch._manifest", "fatdispatch._env", "fatdispatch._privfile"},
     {"fatdispatch._tables"},
     {"fatdispatch._aarch64"},
-    {"fatdispatch._cpu", "fatdispatch._cuda", "fatdispatch._nvml", "fatdispatch._discover"},
+    {"fatdispatch._cpu", "fatdispatch._nvml", "fatdispatch._discover"},
     {"fatdispatch._gpu", "fatdispatch._select"},
     {"fatdispatch._load"},
     {"fatdispatch._report", "fatdispatch._pyinstaller", "fatdispatch.build"},
-    {"fatdispatch._toolbox"},
+    {"fatdispatch._machine", "fatdispatch._toolbox"},
     {"fatdispatch.__main__", "fatdispatch"},
 ]
 HAND_OVER = ("_fatdispatch", "fatdispatch._load")

@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("split", help="one PEP 825 variant wheel per build, plus the index and the fat fallback")
     sp.add_argument("wheel")
     sp.add_argument("-o", "--out", default="variants-out", help="output folder (default ./variants-out)")
+    cap = sub.add_parser("capture", help="write this machine's facts (raw CPU words, GPUs, driver, environment) as JSON")
+    cap.add_argument("-o", "--out", default=None, help="output file (default: stdout)")
+    exp = sub.add_parser("explain", help="what TARGET (a wheel, a variants folder or an installed fat module) would "
+                         "pick on a described machine, and why not the others")
+    exp.add_argument("target")
+    exp.add_argument("--machine", required=True, help="a machine description (python -m fatdispatch capture)")
+    exp.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
@@ -83,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             for written in split_wheel(args.wheel, args.out):
                 print(written)
             return 0
+        if args.command == "capture":
+            from ._machine import print_capture
+
+            return print_capture(args.out)
+        if args.command == "explain":
+            from ._machine import print_explain
+
+            return print_explain(args.target, args.machine, args.json)
         if args.command == "inspect":
             from .build._wheel import print_inspect
 

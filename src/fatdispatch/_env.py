@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 KNOWN_VARIABLES = ("FATDISPATCH_FORCE", "FATDISPATCH_UNSAFE_FORCE", "FATDISPATCH_DISABLE", "FATDISPATCH_VERBOSE",
                    "FATDISPATCH_GPU_CACHE", "FATDISPATCH_CACHE")
+# Build-time variables (fatdispatch.build): known, so an import does not call them misspelt.
+BUILD_VARIABLES = ("FATDISPATCH_BUILD_JOBS", "FATDISPATCH_SKIP_CUDA", "FATDISPATCH_AUDIT")
 SHAPING = ("FATDISPATCH_FORCE", "FATDISPATCH_DISABLE", "FATDISPATCH_UNSAFE_FORCE")  # never remembered
 CATEGORIES = ("cpu", "cuda", "baseline")
 ALIASES = {"avx512": "x86-64-v4", "avx2": "x86-64-v3", "sse4": "x86-64-v2", "v4": "x86-64-v4",
@@ -119,7 +121,7 @@ def unknown_variables(env: "Mapping[str, str]") -> "list[str]":
     """Messages for ``FATDISPATCH_*`` names that fatdispatch does not know (typos)."""
     out = []
     for key in env:
-        if key.upper().startswith("FATDISPATCH_") and key not in KNOWN_VARIABLES:
+        if key.upper().startswith("FATDISPATCH_") and key not in KNOWN_VARIABLES + BUILD_VARIABLES:
             close = did_you_mean(key.upper(), KNOWN_VARIABLES)
             hint = f"; did you mean {close}?" if close else f"; known: {', '.join(KNOWN_VARIABLES)}"
             out.append(f"fatdispatch: ignoring unknown environment variable {key}{hint}")

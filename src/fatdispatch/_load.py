@@ -15,7 +15,7 @@ import sys
 import _fatdispatch
 
 from ._cpu import probe_cpu
-from ._env import KNOWN_VARIABLES, boolean, cache_allowed, cpu_only_force, force_for, unknown_variables
+from ._env import BUILD_VARIABLES, KNOWN_VARIABLES, boolean, cache_allowed, cpu_only_force, force_for, unknown_variables
 from ._errors import FatDispatchError, ManifestError, NoUsableBuildError
 from ._manifest import MANIFEST_NAME, VARIANTS_SUFFIX, read_manifest
 from ._privfile import open_private_dir, prune_private, remove_private, write_private
@@ -165,7 +165,7 @@ def decide(fullname: "str", variants_dir: "str", env: "Mapping[str, str] | None"
 
 
 def _report_decision(selection: "Selection", env: "Mapping[str, str]") -> "None":
-    if any(k.startswith("FATDISPATCH_") and k not in KNOWN_VARIABLES for k in env):
+    if any(k.startswith("FATDISPATCH_") and k not in KNOWN_VARIABLES + BUILD_VARIABLES for k in env):
         for msg in unknown_variables(env):
             sys.stderr.write(msg + "\n")
     verbose = boolean(env, "FATDISPATCH_VERBOSE")

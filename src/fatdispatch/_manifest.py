@@ -29,6 +29,7 @@ in :mod:`re`, a millisecond on the import path), strictly: one value, no NaN or 
 
 import os
 
+from ._cuda import parse_target as parse_sm
 from ._errors import JSONError, ManifestError
 from ._records import CudaTargets, Manifest, Variant
 
@@ -127,16 +128,6 @@ _TOP_FIELDS = frozenset(("schema", "module", "generator", "variants"))
 _VARIANT_FIELDS = frozenset(("name", "kind", "file", "arch", "priority", "requires", "properties"))
 _REQUIRES_FIELDS = frozenset(("features", "x86_64_level", "cuda"))
 _CUDA_FIELDS = frozenset(("sass", "ptx", "runtime"))
-
-
-def parse_sm(target: "str") -> "tuple[int, int, str]":
-    """``"90"`` -> (9, 0, ""), ``"90a"`` -> (9, 0, "a"), ``"100f"`` -> (10, 0, "f"); ValueError otherwise."""
-    suffix = ""
-    if target and target[-1] in "af":
-        target, suffix = target[:-1], target[-1]
-    if not (2 <= len(target) <= 3) or not target.isdigit() or not target.isascii():
-        raise ValueError("expected an SM number such as '90', '90a' or '100f'")
-    return int(target[:-1]), int(target[-1]), suffix
 
 
 def _field_name(field: "str | tuple[str | int, ...]") -> "str":

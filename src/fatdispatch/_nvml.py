@@ -140,7 +140,12 @@ def query_nvml(nvml_factory: "Callable[[], Any]" = CtypesNvml,
         return no_gpus(f"NVML unavailable: {exc}", "nvml")
     try:
         driver = nvml.driver_version()
-        cuda = nvml.cuda_driver_version()
+        try:
+            cuda = nvml.cuda_driver_version()
+        except NvmlError as exc:  # fatdispatch (issue 12): v2 asks libcuda.so.1; missing, it is LibraryNotFound
+            if exc.code != 12:
+                raise
+            cuda = 0  # and the libcuda check below says why CUDA is unusable
         devices = []
         for i in range(nvml.device_count()):
             h = nvml.handle(i)

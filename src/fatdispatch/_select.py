@@ -16,10 +16,10 @@ The environment's rules (``FATDISPATCH_FORCE``, ``FATDISPATCH_DISABLE``, ``FATDI
 
 from ._cpu import without
 from ._tables import feature_table
-from ._cuda import MATCH_NAMES, max_sm, runtime_problem, sm_fit, targets_text, visible_gpus
+from ._cuda import exact_rank, parse_target, runtime_ok, sm_fit, visible_gpus
 from ._env import ALIASES, CATEGORIES, boolean, disabled_features, force_for, shapes_decision
 from ._errors import ConfigError
-from ._records import CPU, GPU, Candidate, GPUs, Hardware, Manifest, Selection, Variant
+from ._records import CPU, GPU, Candidate, CudaTargets, GPUs, Hardware, Manifest, Selection, Variant
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,9 +64,6 @@ def _judge_cuda(v: "Variant", gpu: "GPUs", visible: "tuple[GPU, ...]", vis_note:
         return f"no usable NVIDIA GPU: {gpu.reason}", 0
     if not visible:
         return f"no usable NVIDIA GPU: {vis_note or 'none visible'}", 0
-    problem = runtime_problem(v.cuda.runtime, gpu.cuda_driver_version)
-    if problem is not None:
-        return problem, 0
     fits = []
     for g in visible:
         fit = sm_fit(v.cuda.sass, v.cuda.ptx, g.compute_capability)
@@ -75,7 +72,21 @@ def _judge_cuda(v: "Variant", gpu: "GPUs", visible: "tuple[GPU, ...]", vis_note:
             return (f"no code for GPU {g.index} ({g.name}, compute capability {cc[0]}.{cc[1]}): "
                     f"the build carries {targets_text(v.cuda)}"), 0
         fits.append(fit)
-    return None, min(fits)
+    ok, why = runtime_ok(v.cuda.runtime, gpu.cuda_driver_version, min(fits) >= 2, bool(v.cuda.ptx), gpu.driver_version)
+    return (None, min(fits)) if ok else (why, 0)
+
+
+MATCH_NAMES = {3: "exact SASS", 2: "compatible SASS", 1: "PTX (JIT-compiled at first load)"}
+
+
+def targets_text(cuda: "CudaTargets") -> str:
+    return ", ".join([f"sm_{t}" for t in cuda.sass] + [f"compute_{t} (PTX)" for t in cuda.ptx])
+
+
+def max_sm(cuda: "CudaTargets | None") -> int:
+    if cuda is None:
+        return 0
+    return max((major * 10 + minor for major, minor, _ in map(parse_target, cuda.sass + cuda.ptx)), default=0)
 
 
 def select(manifest: "Manifest", hardware: "Hardware", env: "Mapping[str, str]", registered: "Iterable[str]" = ()) -> "Selection":
@@ -102,8 +113,11 @@ def select(manifest: "Manifest", hardware: "Hardware", env: "Mapping[str, str]",
         fit = 0
         if why is None and v.kind == "cuda":
             why, fit = _judge_cuda(v, hw.gpu, visible, vis_note)
-        score: "tuple[int, ...]" = (1 if v.kind == "cuda" else 0, fit, v.priority, v.x86_64_level or 0,
-                                  len(v.features), max_sm(v.cuda), -idx)
+        exact = 0
+        if fit == 3 and v.cuda is not None:  # on the exact capability a > f > plain SASS
+            exact = min(exact_rank(v.cuda.sass, g.compute_capability) for g in visible)
+        score: "tuple[int, ...]" = (1 if v.kind == "cuda" else 0, fit, v.priority, exact, v.x86_64_level or 0,
+                                    len(v.features), max_sm(v.cuda), -idx)
         judged.append((v, why, score))
 
     usable = sorted(((v, s) for v, why, s in judged if why is None), key=lambda p: p[1], reverse=True)
