@@ -400,8 +400,9 @@ def test_build_ext_fails_on_findings_unless_told_to_warn_or_guarded(tmp_path: Pa
     (tmp_path / "libpkg" / "__init__.py").write_text("")
     (tmp_path / "setup.py").write_text(BUILD_WITH_LIB)
 
-    def build(**extra: str) -> subprocess.CompletedProcess[str]:
-        shutil.rmtree(tmp_path / "build", ignore_errors=True)
+    def build(keep: bool = False, **extra: str) -> subprocess.CompletedProcess[str]:
+        if not keep:
+            shutil.rmtree(tmp_path / "build", ignore_errors=True)
         return subprocess.run([sys.executable, "setup.py", "-q", "build"], cwd=tmp_path, capture_output=True,
                               text=True, env=dict(clean_env, **extra))
 
@@ -415,3 +416,8 @@ def test_build_ext_fails_on_findings_unless_told_to_warn_or_guarded(tmp_path: Pa
     side = next((tmp_path / "build").glob("lib*/libpkg/_core.variants/audit.json"))
     assert json.loads(side.read_text())["guarded"] == {"avx2lib_*": ["avx", "avx2"]}
     assert "guarded instructions as declared in audit.json" in guarded.stdout
+    stale = side.parent / "cuda-sm70"  # what a FATDISPATCH_SKIP_CUDA=1 rebuild used to leave behind
+    stale.mkdir()
+    (stale / f"_core{SUFFIX}").write_bytes(b"old")
+    again = build(keep=True, GUARD="1")
+    assert again.returncode == 0 and not stale.exists() and "removed the previous build's" in again.stdout
