@@ -421,3 +421,14 @@ def test_build_ext_fails_on_findings_unless_told_to_warn_or_guarded(tmp_path: Pa
     (stale / f"_core{SUFFIX}").write_bytes(b"old")
     again = build(keep=True, GUARD="1")
     assert again.returncode == 0 and not stale.exists() and "removed the previous build's" in again.stdout
+
+
+def test_formats_not_decoded_are_said_not_failed(tmp_path: Path) -> None:
+    folder = fat_package(tmp_path, {"baseline": Path(sys.executable)})  # an ELF file: replaced below
+    target = folder / "baseline" / f"_core{SUFFIX}"
+    target.write_bytes(b"\xcf\xfa\xed\xfe" + bytes(60))  # a Mach-O header
+    m = _audit.audit_folder(str(folder))
+    assert m.ok and "not audited: Mach-O file" in _audit.format_report([m])
+    target.write_bytes(b"garbage" * 10)
+    bad = _audit.audit_folder(str(folder))
+    assert not bad.ok and "ERROR" in _audit.format_report([bad]) and "not an ELF file" in bad.builds[0].error
