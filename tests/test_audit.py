@@ -373,3 +373,62 @@ def test_extension_settings_and_command_combination() -> None:
     assert combined.__mro__[1:3] == (build_ext, Theirs) and combined.__name__ == "Theirs"
     assert fat_command("build_ext", None, build_ext) is build_ext
     assert fat_command("build_ext", build_ext, build_ext) is build_ext
+
+
+BUILD_WITH_LIB = """
+from setuptools import setup
+from fatdispatch.build import FatExtension, cmdclass
+import os
+guarded = {"avx2lib_*": ["avx", "avx2"]} if os.environ.get("GUARD") else None
+setup(name="libpkg", version="0.1", packages=["libpkg"], install_requires=["fatdispatch"],
+      ext_modules=[FatExtension("libpkg._core", ["uselib.c"], variants=["baseline"], extra_objects=["libavx2lib.a"],
+                                audit_guarded=guarded)],
+      cmdclass=cmdclass())
+"""
+
+
+@pytest.mark.slow
+@needs_gcc
+def test_build_ext_fails_on_findings_unless_told_to_warn_or_guarded(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    """The audit at the end of build_ext: a -mavx2 static library linked into the baseline fails the build;
+    FATDISPATCH_AUDIT=warn lets it through with a warning; a guarded declaration passes and lands in audit.json."""
+    run([GCC or "gcc", "-c", "-O3", "-fPIC", "-march=x86-64", "-mavx2", str(AUDIT / "avx2lib.c"), "-o",
+         str(tmp_path / "avx2lib.o")])
+    run(["ar", "rcs", str(tmp_path / "libavx2lib.a"), str(tmp_path / "avx2lib.o")])
+    shutil.copy(AUDIT / "uselib.c", tmp_path)
+    (tmp_path / "libpkg").mkdir()
+    (tmp_path / "libpkg" / "__init__.py").write_text("")
+    (tmp_path / "setup.py").write_text(BUILD_WITH_LIB)
+
+    def build(keep: bool = False, **extra: str) -> subprocess.CompletedProcess[str]:
+        if not keep:
+            shutil.rmtree(tmp_path / "build", ignore_errors=True)
+        return subprocess.run([sys.executable, "setup.py", "-q", "build"], cwd=tmp_path, capture_output=True,
+                              text=True, env=dict(clean_env, **extra))
+
+    failed = build()
+    assert failed.returncode != 0 and "avx2lib_sum" in failed.stdout
+    assert "the machine-code audit found instructions" in failed.stderr and "FATDISPATCH_AUDIT=warn" in failed.stderr
+    warned = build(FATDISPATCH_AUDIT="warn")
+    assert warned.returncode == 0 and "the machine-code audit found instructions" in warned.stderr
+    guarded = build(GUARD="1")
+    assert guarded.returncode == 0, guarded.stderr[-2000:]
+    side = next((tmp_path / "build").glob("lib*/libpkg/_core.variants/audit.json"))
+    assert json.loads(side.read_text())["guarded"] == {"avx2lib_*": ["avx", "avx2"]}
+    assert "guarded instructions as declared in audit.json" in guarded.stdout
+    stale = side.parent / "cuda-sm70"  # what a FATDISPATCH_SKIP_CUDA=1 rebuild used to leave behind
+    stale.mkdir()
+    (stale / f"_core{SUFFIX}").write_bytes(b"old")
+    again = build(keep=True, GUARD="1")
+    assert again.returncode == 0 and not stale.exists() and "removed the previous build's" in again.stdout
+
+
+def test_formats_not_decoded_are_said_not_failed(tmp_path: Path) -> None:
+    folder = fat_package(tmp_path, {"baseline": Path(sys.executable)})  # an ELF file: replaced below
+    target = folder / "baseline" / f"_core{SUFFIX}"
+    target.write_bytes(b"\xcf\xfa\xed\xfe" + bytes(60))  # a Mach-O header
+    m = _audit.audit_folder(str(folder))
+    assert m.ok and "not audited: Mach-O file" in _audit.format_report([m])
+    target.write_bytes(b"garbage" * 10)
+    bad = _audit.audit_folder(str(folder))
+    assert not bad.ok and "ERROR" in _audit.format_report([bad]) and "not an ELF file" in bad.builds[0].error

@@ -4,6 +4,7 @@ a dependency that cannot run on a model skipped with a line, and the README's co
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -108,3 +109,39 @@ def test_readme_command_as_written(wheels: dict[str, Path], tmp_path: Path, clea
     assert any(r[:4] == ["x86-64-v2", "qemu", "-cpu", "Nehalem"] for r in rows), rows
     assert len(rows) == len({r[0] for r in rows}) <= 4  # no build runs twice
     assert "audit: 9 builds, 0 instructions beyond their manifest" in out
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(qemu() is None, reason="qemu-x86_64 missing (apt-get install qemu-user)")
+def test_probe_names_a_dependency_that_dies_on_a_model(clean_env: dict[str, str]) -> None:
+    """NumPy 2.4 is built for x86-64-v2: under qemu64 its import dies with SIGILL, and the probe says so."""
+    np = pytest.importorskip("numpy", reason="numpy missing")
+    from fatdispatch._toolbox import probe_model
+
+    level, why = probe_model(qemu() or "qemu-x86_64", "qemu64", sys.executable, ["numpy"], clean_env)
+    assert level == 1
+    if not why:
+        pytest.skip(f"numpy {np.__version__} imports on qemu64 (built for x86-64-v1)")
+    assert why.startswith("`import numpy` dies with SIGILL on this CPU model"), why
+    assert probe_model(qemu() or "qemu-x86_64", "Nehalem", sys.executable, ["numpy"], clean_env) == (2, "")
+    level, why = probe_model(qemu() or "qemu-x86_64", "no-such-cpu", sys.executable, [], clean_env)
+    assert level == 0 and "qemu cannot run Python as CPU model 'no-such-cpu'" in why
+
+
+def test_audit_of_the_installed_fat_modules(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    """`python -m fatdispatch audit` with no argument audits what is importable (the cibuildwheel test step)."""
+    pytest.importorskip("iced_x86", reason="iced-x86 missing")
+    import test_audit
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc missing")
+    folder = tmp_path / "site" / "auditpkg" / "_core.variants"
+    so = test_audit.compile_so(tmp_path / "m.so", [test_audit.AUDIT / "ctor.c"], ["-march=x86-64"])
+    test_audit.fat_package(tmp_path / "site", {"baseline": so})
+    p = subprocess.run([sys.executable, "-m", "fatdispatch", "audit", "--json"], capture_output=True, text=True,
+                       env=dict(clean_env, PYTHONPATH=str(tmp_path / "site")), cwd="/")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr
+    import json
+
+    mods = {m["module"]: m for m in json.loads(p.stdout)["modules"]}
+    assert mods["auditpkg._core"]["folder"] == str(folder) and mods["auditpkg._core"]["builds"][0]["instructions"] > 0

@@ -48,6 +48,10 @@ class AuditError(FatDispatchError):
     """The audit cannot run (missing tool, unreadable file, bad declaration)."""
 
 
+class NotAudited(AuditError):
+    """A build in a format or for an architecture the audit does not decode (Mach-O, PE, 32-bit, ...)."""
+
+
 # ---------------------------------------------------------------- value types
 
 
@@ -108,6 +112,7 @@ class BuildAudit:
     instructions: int
     seconds: float
     error: str = ""
+    not_audited: str = ""  # why this build's code was not decoded (a format or architecture not covered)
 
     @property
     def bad(self) -> tuple[Finding, ...]:
@@ -383,14 +388,20 @@ def read_image(stream: IO[bytes], where: str) -> Image:
     try:
         elf = elffile.ELFFile(stream)
     except Exception as exc:  # pyelftools raises its own ELFError and struct errors
+        stream.seek(0)
+        magic = stream.read(4)
+        kinds = {b"\xcf\xfa\xed\xfe": "Mach-O", b"\xca\xfe\xba\xbe": "Mach-O universal", b"MZ": "PE (Windows)"}
+        kind = kinds.get(magic) or kinds.get(magic[:2])
+        if kind:
+            raise NotAudited(f"{kind} file: only ELF (Linux) builds are decoded") from None
         raise AuditError(f"{where}: not an ELF file ({exc})") from None
     machine = elf["e_machine"]
     arch = {"EM_X86_64": "x86_64", "EM_AARCH64": "aarch64"}.get(machine)
     if arch is not None and (elf.elfclass != 64 or not elf.little_endian):
-        raise AuditError(f"{where}: a {elf.elfclass}-bit {'little' if elf.little_endian else 'big'}-endian "
+        raise NotAudited(f"{where}: a {elf.elfclass}-bit {'little' if elf.little_endian else 'big'}-endian "
                          f"{machine} file; only 64-bit little-endian x86_64 and aarch64 are audited")
     if arch is None:
-        raise AuditError(f"{where}: {machine} code is not audited (x86_64 and aarch64 are)")
+        raise NotAudited(f"{machine} code is not decoded (x86_64 and aarch64 are)")
     sections = []
     for sec in elf.iter_sections():
         if sec["sh_flags"] & 0x4 and sec["sh_type"] == "SHT_PROGBITS" and sec["sh_size"]:  # SHF_EXECINSTR
@@ -516,13 +527,15 @@ def audit_module(module: Manifest, folder: str, files: Sequence[str], opener: An
             with opener(rel) as f:
                 image = read_image(io.BytesIO(f.read()), f"{folder}/{rel}")
             findings, count = audit_image(image, required, guarded)
-            error = ""
+            error = skipped = ""
+        except NotAudited as exc:
+            findings, count, error, skipped = [], 0, "", str(exc)
         except AuditError as exc:
             if "needs iced-x86" in str(exc) or "needs capstone" in str(exc) or "pyelftools" in str(exc):
                 raise
-            findings, count, error = [], 0, str(exc)
+            findings, count, error, skipped = [], 0, str(exc), ""
         builds.append(BuildAudit(module.module, v.name, v.kind, f"{folder}/{rel}", required, tuple(findings), count,
-                                 time.perf_counter() - started, error))
+                                 time.perf_counter() - started, error, skipped))
     return ModuleAudit(module.module, folder, tuple(builds), tuple(stale_entries(files, module)), tuple(missing))
 
 
@@ -601,6 +614,9 @@ def format_report(audits: Sequence[ModuleAudit], limit: int = 20) -> str:
             if b.error:
                 lines.append(f"{head} ERROR {b.error}")
                 continue
+            if b.not_audited:
+                lines.append(f"{head} not audited: {b.not_audited}")
+                continue
             guarded = [f for f in b.findings if f.guarded]
             tail = f"({b.instructions} instructions, {b.seconds:.2f} s)"
             if not b.bad:
@@ -641,6 +657,7 @@ def report_dict(audits: Sequence[ModuleAudit]) -> dict[str, Any]:
         {"module": m.module, "folder": m.folder, "stale": list(m.stale), "missing": list(m.missing),
          "builds": [{"build": b.build, "kind": b.kind, "path": b.path, "ok": b.ok, "error": b.error or None,
                      "instructions": b.instructions, "seconds": round(b.seconds, 4),
+                     "not_audited": b.not_audited or None,
                      "findings": [f.as_dict() for f in b.findings]} for b in m.builds]} for m in audits]}
 
 
