@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("split", help="one PEP 825 variant wheel per build, plus the index and the fat fallback")
     sp.add_argument("wheel")
     sp.add_argument("-o", "--out", default="variants-out", help="output folder (default ./variants-out)")
+    nu = sub.add_parser("nuitka-args", help="print the Nuitka options that carry every build of an installed package")
+    nu.add_argument("package")
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
@@ -51,6 +53,18 @@ def main(argv: list[str] | None = None) -> int:
 
             for written in split_wheel(args.wheel, args.out):
                 print(written)
+            return 0
+        if args.command == "nuitka-args":
+            import shlex
+
+            from . import fat_modules
+            from ._frozen import nuitka_args
+
+            try:
+                print(" ".join(shlex.quote(a) for a in nuitka_args(args.package, fat_modules())))
+            except LookupError as exc:
+                print(f"nuitka-args: {exc}", file=sys.stderr)
+                return 1
             return 0
         if args.command == "inspect":
             from .build._wheel import print_inspect

@@ -10,6 +10,7 @@ import time
 from typing import Mapping, Sequence
 
 from . import fat_modules, hardware
+from ._frozen import qemu_prefix
 from ._runtime import read_manifest, select
 
 QEMU_MODELS = {1: "qemu64", 2: "Nehalem", 3: "Haswell", 4: None}  # qemu's TCG has no AVX-512
@@ -55,7 +56,7 @@ def test_variants(command: Sequence[str], modules: Sequence[str] = (), use_qemu:
             if not cand.usable:
                 model = QEMU_MODELS.get(v.x86_64_level or 0) if v.kind == "cpu" and v.arch == "x86_64" else None
                 if qemu and model and (hw.cpu.x86_64_level or 0) >= (v.x86_64_level or 0):
-                    prefix, how = [qemu, "-cpu", model], f"qemu -cpu {model}"
+                    prefix, how = qemu_prefix(qemu, model, command, env), f"qemu -cpu {model}"
                 else:
                     rows.append((mod, v.name, "-", f"skipped: {cand.reason}", 0.0))
                     continue
@@ -64,7 +65,8 @@ def test_variants(command: Sequence[str], modules: Sequence[str] = (), use_qemu:
             model = QEMU_MODELS.get(v.x86_64_level or 0)
             if (qemu and model and cand.usable and v.kind == "cpu" and v.arch == "x86_64"
                     and (v.x86_64_level or 0) < (hw.cpu.x86_64_level or 0)):
-                runs.append(([qemu, "-cpu", model], f"qemu -cpu {model}"))  # also on its own, older CPU model
+                # also on its own, older CPU model
+                runs.append((qemu_prefix(qemu, model, command, env), f"qemu -cpu {model}"))
             for run_prefix, run_how in runs:
                 outcome, seconds = _run_once(run_prefix + list(command), run_env)
                 failed += outcome != "passed"
