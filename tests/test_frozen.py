@@ -276,3 +276,19 @@ def test_nuitka_args_names_a_package_without_fat_modules() -> None:
         nuitka_args("nope", {"fatdemo._core": "/x/fatdemo/_core.variants"})
     assert nuitka_args("fatdemo", {"fatdemo._core": "/x/fatdemo/_core.variants"})[-1] == \
         "--include-raw-dir=/x/fatdemo/_core.variants=fatdemo/_core.variants"
+
+
+def test_qemu_prefix_adds_nothing_for_a_plain_command(tmp_path: Path) -> None:
+    from fatdispatch._frozen import pyinstaller_onedir_env, qemu_prefix
+
+    assert pyinstaller_onedir_env(sys.executable, {}) is None  # an ELF, but no PyInstaller launcher
+    fake = tmp_path / "app"
+    fake.write_bytes(b"\x7fELF" + b"\0" * 64 + b"_PYI_ARCHIVE_FILE")
+    assert pyinstaller_onedir_env(str(fake), {}) is None  # no _internal folder beside it: a one-file app
+    (tmp_path / "_internal").mkdir()
+    env = pyinstaller_onedir_env(str(fake), {"LD_LIBRARY_PATH": "/opt/lib"})
+    assert env == {"_PYI_ARCHIVE_FILE": str(fake), "_PYI_PARENT_PROCESS_LEVEL": "-1", "_PYI_LINUX_PROCESS_NAME": "app",
+                   "LD_LIBRARY_PATH": f"{tmp_path / '_internal'}:/opt/lib"}
+    assert qemu_prefix("qemu-x86_64", "Nehalem", [sys.executable, "-c", "pass"], {}) == ["qemu-x86_64", "-cpu",
+                                                                                         "Nehalem"]
+    assert qemu_prefix("q", "qemu64", [str(fake)], {})[3:5] == ["-E", f"_PYI_ARCHIVE_FILE={fake}"]
