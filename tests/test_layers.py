@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"fatdispatch._manifest", "fatdispatch._env", "fatdispatch._privfile"},
     {"fatdispatch._tables"},
     {"fatdispatch._aarch64"},
-    {"fatdispatch._cpu", "fatdispatch._nvml", "fatdispatch._discover"},
+    {"fatdispatch._cpu", "fatdispatch._nvml", "fatdispatch._discover", "fatdispatch._frozen"},
     {"fatdispatch._gpu", "fatdispatch._select"},
     {"fatdispatch._load"},
     {"fatdispatch._report", "fatdispatch._pyinstaller", "fatdispatch.build"},

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("target")
     exp.add_argument("--machine", required=True, help="a machine description (python -m fatdispatch capture)")
     exp.add_argument("--json", action="store_true")
+    nu = sub.add_parser("nuitka-args", help="print the Nuitka options that carry every build of an installed package")
+    nu.add_argument("package")
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
@@ -98,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
             from ._machine import print_explain
 
             return print_explain(args.target, args.machine, args.json)
+        if args.command == "nuitka-args":
+            import shlex
+
+            from ._load import fat_modules
+            from ._frozen import nuitka_args
+
+            try:
+                print(" ".join(shlex.quote(a) for a in nuitka_args(args.package, fat_modules())))
+            except LookupError as exc:
+                print(f"nuitka-args: {exc}", file=sys.stderr)
+                return 1
+            return 0
         if args.command == "inspect":
             from .build._wheel import print_inspect
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from ._load import fat_modules, hardware
+from ._frozen import qemu_prefix
 from ._manifest import read_manifest
 from ._records import NO_GPU_PROBE, Hardware, Manifest, Variant
 from ._select import select
@@ -279,7 +280,8 @@ def test_variants(command: Sequence[str], modules: Sequence[str] = (), use_qemu:
     plan = plan_runs(usable, manifests, models, hw.cpu.x86_64_level or 0)
     rows: list[tuple[str, str, str, float]] = []
     for run in plan.runs:
-        prefix = [qemu, "-cpu", run.model] if qemu and run.model else []
+        # qemu_prefix: a PyInstaller one-folder launcher re-executes itself, so its variables go with -E
+        prefix = qemu_prefix(qemu, run.model, cmd, env) if qemu and run.model else []
         how = f"qemu -cpu {run.model}" if run.model else "native"
         outcome, seconds = _run_once(prefix + cmd, dict(env, FATDISPATCH_FORCE=run.force_value))
         failed += outcome != "passed"

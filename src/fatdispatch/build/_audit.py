@@ -685,9 +685,11 @@ def main(paths: Sequence[str], as_json: bool = False, limit: int = 20) -> int:
     """``python -m fatdispatch audit``: 0 when every build is clean, 1 otherwise."""
     audits: list[ModuleAudit] = []
     if not paths:
-        from .. import fat_modules
+        import sys
 
-        found = fat_modules()
+        from .._discover import discover
+
+        found = discover(sys.path)
         if not found:
             raise AuditError("audit: no installed fat modules found on sys.path; name a wheel or a folder")
         audits = [audit_folder(folder) for _, folder in sorted(found.items())]

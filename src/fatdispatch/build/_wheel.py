@@ -177,17 +177,38 @@ def print_slim(path: str, keep: list[str], out_dir: str, drop_baseline: bool) ->
 
 # ---------------------------------------------------------------- split into variant wheels (PEP 825 draft)
 
-VARIANT_SCHEMA = "https://variants-schema.wheelnext.dev/v0.2.0.json"  # variantlib 0.2.x, PEP 825 draft of 2026
-PROVIDERS = {  # the wheelnext provider plugins that answer for these namespaces
-    "x86_64": {"requires": ["provider-variant-x86-64"]},
-    "aarch64": {"requires": ["provider-variant-aarch64"]},
-    "nvidia": {"requires": ["nvidia-variant-provider"]},
+# What uv 0.13.x (``--preview-features wheel-variants``) accepts, which is where the drafts, variantlib and uv
+# disagree.  The schema URL is PEP 825's own (uv also takes ``.../peps/850/v0.2.0.json``; it ignores, with a DEBUG
+# line, the ``.../v0.2.0.json`` that variantlib 0.2.x writes, and then installs the non-variant wheel).  uv runs
+# its built-in providers in place of the plugins named here, matched by ``requires`` package name (and for
+# nvidia also by ``plugin-api``); it skips any other provider, so ``provider-variant-x86-64`` (PyPI's older name)
+# is never honoured.  variantlib 0.2.2 still parses these files (tests/test_build.py).
+VARIANT_SCHEMA = "https://variants-schema.wheelnext.dev/peps/825/v0.1.1.json"
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "x86_64": {"requires": ["x86-64-variant-provider"]},
+    "aarch64": {"requires": ["aarch64-variant-provider"]},
+    "nvidia": {"requires": ["nvidia-variant-provider"],
+               "plugin-api": "nvidia_variant_provider.plugin:NvidiaVariantPlugin"},
 }
+LABEL_MAX = 16  # PEP 825 and uv: a label is 1-16 characters of [0-9a-z._]
 
 
 def variant_label(build: str) -> str:
-    """A PEP 825 variant label (``[0-9a-z._]+``) for a build name: ``x86-64-v3`` -> ``x86_64_v3``."""
+    """A PEP 825 variant label (``[0-9a-z._]{1,16}``) for a build name: ``x86-64-v3`` -> ``x86_64_v3``."""
     return build.lower().replace("-", "_")
+
+
+def check_label(label: str, build: str) -> None:
+    """Raise ``FatDispatchError`` unless ``label`` is a variant label uv and variantlib accept."""
+    import re
+
+    from .._errors import FatDispatchError
+
+    if not re.fullmatch(r"[0-9a-z._]{1,%d}" % LABEL_MAX, label) or label == "null":
+        raise FatDispatchError(
+            f"split: build {build!r} gives the variant label {label!r}, which installers refuse: a label is 1-"
+            f"{LABEL_MAX} characters of a-z, 0-9, '.', '_' and not 'null'; rename the build (a shorter name in "
+            "`variants` / `cuda-targets`, e.g. 'ampere=sm_86+sm_89')")
 
 
 def variant_properties(properties: tuple[str, ...]) -> dict[str, dict[str, list[str]]]:
@@ -204,7 +225,8 @@ def _variants_json(labels: dict[str, dict[str, dict[str, list[str]]]], namespace
     """The package-wide part (schema, priorities, providers: identical in every wheel and the index) and
     ``labels``' properties."""
     return {"$schema": VARIANT_SCHEMA, "default-priorities": {"namespace": namespaces},
-            "providers": {ns: dict(PROVIDERS.get(ns, {"requires": [f"provider-variant-{ns}"]})) for ns in namespaces},
+            "providers": {ns: dict(PROVIDERS.get(ns, {"requires": [f"{ns.replace('_', '-')}-variant-provider"]}))
+                          for ns in namespaces},
             "variants": labels}
 
 
@@ -234,6 +256,8 @@ def split_wheel(path: str, out_dir: str) -> list[str]:
         empty = [v.name for v in man.variants if not v.properties]
         if empty:
             raise FatDispatchError(f"split: builds {', '.join(empty)} have no wheel-variant properties in the manifest")
+        for v in man.variants:
+            check_label(variant_label(v.name), v.name)
         namespaces = sorted({ns for props in all_labels.values() for ns in props}, key=lambda n: (n != "nvidia", n))
         for v in man.variants:
             label = variant_label(v.name)
