@@ -228,7 +228,9 @@ def load_extension(name: str, path: str, amx: bool) -> "ModuleType":
         mod = native()
         if mod is None or not mod.request_amx():
             raise ImportError("the kernel refused AMX tile permission (ARCH_REQ_XCOMP_PERM)")
-    module: "ModuleType" = _imp.create_dynamic(ModuleSpec(name, ExtensionFileLoader(name, path), origin=path))
+    spec = ModuleSpec(name, ExtensionFileLoader(name, path), origin=path)
+    module: "ModuleType" = _imp.create_dynamic(spec)
+    module.__spec__, module.__file__ = spec, path  # as importlib sets them before exec (pybind11 3 reads them)
     _imp.exec_dynamic(module)
     return module
 

@@ -14,7 +14,6 @@ import os
 import sys
 
 from ._errors import FatDispatchError
-from ._tables import feature_table
 from ._records import CPU
 
 TYPE_CHECKING = False
@@ -28,6 +27,13 @@ try:
     _native = _fatdispatch_cpu
 except ImportError:  # fatdispatch built without its compiled primitives: /proc/cpuinfo and friends
     _native = None
+
+def _table() -> "dict[str, Any]":
+    """The feature vocabulary, read on first need (an x86 probe through the primitives needs none)."""
+    from ._tables import feature_table
+
+    return feature_table()
+
 
 def native() -> "Any":
     """The compiled primitives ``_fatdispatch_cpu``, or None."""
@@ -45,7 +51,7 @@ def x86_64_level(features: "frozenset[str] | set[str]", table: "Mapping[str, Any
     mod = _native if table is None else None
     levels = mod.x86_levels() if mod is not None and hasattr(mod, "x86_levels") else None
     if levels is None:
-        levels = [(table or feature_table())["x86"]["levels"][n] for n in ("1", "2", "3", "4")]
+        levels = [(table or _table())["x86"]["levels"][n] for n in ("1", "2", "3", "4")]
     level = 0
     for need in levels:
         if not features.issuperset(need):
@@ -140,7 +146,7 @@ def probe_other_cpu(arch: "str", native: "Any") -> "CPU":
 
         return probe_cpu_record(getattr(native, "hwcaps", None))
     if native is not None and hasattr(native, "sysctl"):
-        tab = feature_table()["aarch64"]["macos_sysctl"]
+        tab = _table()["aarch64"]["macos_sysctl"]
         return from_sysctl({key: native.sysctl(key) for key in set(tab.values())}, arch)
     text = _raw_cpuinfo()
     if text is not None:
@@ -173,7 +179,7 @@ def aarch64_from_hwcaps(hwcap: "int", hwcap2: "int", source: "str" = "hwcap",
 
 def from_sysctl(values: "Mapping[str, int | None]", arch: "str", table: "Mapping[str, Any] | None" = None) -> "CPU":
     """macOS arm64: ``hw.optional.*`` values (``None`` where the name does not exist)."""
-    tab = (table or feature_table())["aarch64"]
+    tab = (table or _table())["aarch64"]
     feats = {"fp"}
     feats.update(n for n, key in tab["macos_sysctl"].items() if values.get(key))
     return CPU(arch=arch, features=frozenset(feats), x86_64_level=None, vendor="Apple", source="sysctl", notes=())
@@ -186,7 +192,7 @@ def from_cpuinfo(text: "str", arch: "str", table: "Mapping[str, Any] | None" = N
     whose XSAVE state it did not enable, but under an emulator it shows the
     host's flags, so CPUID is always preferred.
     """
-    tab = table or feature_table()
+    tab = table or _table()
     flags: "list[str]" = []
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -220,7 +226,7 @@ def without(cpu: "CPU", names: "frozenset[str]", why: "str", table: "Mapping[str
     Removing ``avx`` also removes everything that needs YMM state, and removing
     ``avx512f`` everything that needs ZMM state; the level is recomputed.
     """
-    tab = table or feature_table()
+    tab = table or _table()
     drop = set(names)
     groups = tab["x86"]["os_state"]
     if "avx" in drop:

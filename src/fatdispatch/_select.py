@@ -15,7 +15,6 @@ The environment's rules (``FATDISPATCH_FORCE``, ``FATDISPATCH_DISABLE``, ``FATDI
 """
 
 from ._cpu import without
-from ._tables import feature_table
 from ._cuda import exact_rank, parse_target, runtime_ok, sm_fit, visible_gpus
 from ._env import ALIASES, CATEGORIES, boolean, disabled_features, force_for, shapes_decision
 from ._errors import ConfigError
@@ -30,6 +29,8 @@ def effective_hardware(hw: "Hardware", env: "Mapping[str, str]") -> "Hardware":
     """``hw`` with ``FATDISPATCH_DISABLE`` applied."""
     if "FATDISPATCH_DISABLE" not in env:
         return hw
+    from ._tables import feature_table  # only for FATDISPATCH_DISABLE
+
     table = feature_table()
     if hw.cpu.arch == "aarch64":
         known = set(table["aarch64"]["hwcap"]) | set(table["aarch64"]["hwcap2"])
