@@ -11,7 +11,11 @@ from ._runtime import FatDispatchError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fatdispatch",
                                      description="Explain and manage fat (multi-build) extension modules.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--cmake-dir", action="store_true",
+                        help="print the folder of fatdispatch's CMake package (fatdispatchConfig.cmake) and exit")
+    parser.add_argument("--meson-dir", action="store_true",
+                        help="print the folder of fatdispatch's Meson helper (meson.build) and exit")
+    sub = parser.add_subparsers(dest="command")
     rep = sub.add_parser("report", help="the detected hardware and, per installed fat module, its pick and why")
     rep.add_argument("--json", action="store_true", help="print one JSON object")
     ins = sub.add_parser("inspect", help="list the fat modules in a wheel, each build with its requirements and size")
@@ -30,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("wheel")
     sp.add_argument("-o", "--out", default="variants-out", help="output folder (default ./variants-out)")
     args = parser.parse_args(argv)
+    if args.cmake_dir or args.meson_dir:
+        import os
+
+        print(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cmake" if args.cmake_dir else "meson"))
+        return 0
+    if args.command is None:
+        parser.error("a command is required (report, inspect, test-variants, slim, split) or --cmake-dir")
     try:
         if args.command == "report":
             from ._report import print_report

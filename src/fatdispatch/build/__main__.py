@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = plan_cmake(args.module, builds, args.compiler, runtime) if args.format == "cmake" \
                 else json.dumps(plan_json(args.module, builds, args.compiler, runtime), indent=1) + "\n"
             if args.output:
+                os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
                 with open(args.output, "w", encoding="utf-8") as f:
                     f.write(text)
             else:
