@@ -4,6 +4,7 @@
     python -m fatdispatch.build cuda-flags --target sm_80+sm_86 --cuda-version 13.0
     python -m fatdispatch.build plan --module pkg._core --variants baseline x86-64-v3 --cuda-targets sm_90 \\
         --compiler GNU --cuda-version 13.0.88 --format cmake
+    python -m fatdispatch.build meson-files --variants baseline x86-64-v2 x86-64-v3 --dir fatdispatch-meson
     python -m fatdispatch.build manifest --module pkg._core --variants baseline x86-64-v3 --cuda-targets sm_90 \\
         --cuda-version 13.0 --out build/pkg/_core.variants [--file baseline=PATH ...]
 
@@ -83,6 +84,26 @@ def plan_json(module: str, builds: Sequence[Build], compiler: str, runtime: tupl
          **({"nvcc_flags": nvcc_flags(b.cuda, runtime)} if b.cuda is not None else {})} for b in builds]}
 
 
+def write_meson_files(folder: str, builds: Sequence[str]) -> list[str]:
+    """Copy fatdispatch's Meson helper into ``folder``: the driver as ``meson.build``, and ``<build>/meson.build``
+    for each build (Meson reads only files inside a project, and each folder only once)."""
+    from importlib import resources
+
+    here = resources.files("fatdispatch.meson")
+    driver = here.joinpath("meson.build").read_text("utf-8")
+    one = here.joinpath("build.meson").read_text("utf-8")
+    written = [os.path.join(folder, "meson.build")]
+    os.makedirs(folder, exist_ok=True)
+    with open(written[0], "w", encoding="utf-8") as f:
+        f.write(driver.replace("@WRITTEN@", "[" + ", ".join(f"'{b}'" for b in builds) + "]"))
+    for b in builds:
+        os.makedirs(os.path.join(folder, b), exist_ok=True)
+        written.append(os.path.join(folder, b, "meson.build"))
+        with open(written[-1], "w", encoding="utf-8") as f:
+            f.write(one)
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fatdispatch.build",
                                      description="fatdispatch's catalog flags and manifest writer for build systems.")
@@ -106,8 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     mf.add_argument("--file", action="append", default=[], metavar="BUILD=PATH",
                     help="a built file to check (repeat for every build: all must be given, exist and be named "
                          "<mod><EXT_SUFFIX>)")
+    mn = sub.add_parser("meson-files", help="write fatdispatch's Meson helper into a project (one folder per build)")
+    mn.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                    help="CPU catalog names (default: every variant of the architecture)")
+    mn.add_argument("--arch", default=None)
+    mn.add_argument("--dir", default="fatdispatch-meson", help="the folder to write (default ./fatdispatch-meson)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "meson-files":
+            for path in write_meson_files(args.dir, [b.name for b in plan_builds(args.variants, (), args.arch)]):
+                print(f"fatdispatch: wrote {path}")
+            return 0
         if args.command == "flags":
             print(" ".join(cpu_flags(cpu_variant(args.variant, args.arch or default_arch()), args.compiler)))
             return 0
