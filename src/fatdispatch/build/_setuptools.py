@@ -434,7 +434,17 @@ def finalize_distribution_options(dist: Any) -> None:
     exts = extensions_from_pyproject(data)
     dist.ext_modules = list(dist.ext_modules or []) + exts
     for name, cls in cmdclass().items():
-        dist.cmdclass.setdefault(name, cls)
+        dist.cmdclass[name] = _compose(name, cls, dist.cmdclass.get(name))
+
+
+def _compose(name: str, ours: type, theirs: type | None) -> type:
+    """Our command, or one deriving from ours and from another plugin's (scikit-build-core's setuptools plugin
+    installs its own build_ext in every project; keeping it alone built FatExtensions as plain extensions)."""
+    if theirs is None:
+        return ours
+    if issubclass(theirs, ours) or not issubclass(theirs, ours.__mro__[1]):
+        return theirs  # already ours, or not a setuptools command at all: left as it was
+    return type(name, (ours, theirs), {"__doc__": ours.__doc__})
 
 
 finalize_distribution_options.order = 100  # type: ignore[attr-defined]  # after setuptools' own pyproject step
