@@ -352,19 +352,43 @@ def test_cmake_cuda_build_imports_without_a_driver(fat: tuple[str, Path, Path], 
 
 # ---------------------------------------------------------------- plain CMake (no scikit-build-core)
 
+SPEC_MODULE = r"""
+#include <Python.h>
+/* Like pybind11 3's PYBIND11_MODULE: multi-phase init whose exec slot reads __spec__.name */
+static int exec_mod(PyObject *m)
+{
+    PyObject *spec = PyObject_GetAttrString(m, "__spec__"), *name;
+    if (spec == NULL)
+        return -1;
+    name = PyObject_GetAttrString(spec, "name");
+    Py_DECREF(spec);
+    if (name == NULL || PyModule_AddObject(m, "spec_name", name) < 0) {
+        Py_XDECREF(name);
+        return -1;
+    }
+    return PyModule_AddStringConstant(m, "variant", FATDISPATCH_VARIANT);
+}
+static PyModuleDef_Slot slots[] = {{Py_mod_exec, exec_mod}, {0, NULL}};
+static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_spec", NULL, 0, NULL, slots};
+PyMODINIT_FUNC PyInit__spec(void) { return PyModuleDef_Init(&def); }
+"""
+
 
 @pytest.mark.slow
-def test_plain_cmake_with_ninja_and_its_errors(tmp_path: Path) -> None:
+def test_plain_cmake_with_ninja_and_a_module_reading_its_spec(tmp_path: Path, wheels: dict[str, Path],
+                                                              clean_env: dict[str, str]) -> None:
     """find_package through `python -m fatdispatch --cmake-dir`, a parallel Ninja build, `cmake --install` lays
-    the module out; CUDA_TARGETS without CUDA enabled is a clear configure error."""
+    the module out; the module's exec slot reads __spec__.name (pybind11 >= 3 does: contourpy failed to load
+    until the loaders set __spec__ before exec), through the full path and through a pick-cache hit; CUDA_TARGETS
+    without CUDA enabled is a clear configure error."""
     _need("cmake", "ninja")
     proj = tmp_path / "proj"
     proj.mkdir()
-    src = EXAMPLE / "src" / "fatdemo" / "_core.c"
+    (proj / "spec.c").write_text(SPEC_MODULE)
     body = ("cmake_minimum_required(VERSION 3.18)\nproject(p LANGUAGES C)\n"
             "find_package(Python COMPONENTS Interpreter Development.Module REQUIRED)\n"
             "find_package(fatdispatch 0.1 CONFIG REQUIRED)\n"
-            f'fatdispatch_add_module(top.sub._core SOURCES "{src}" VARIANTS baseline x86-64-v3 @CUDA@)\n')
+            "fatdispatch_add_module(top.sub._spec SOURCES spec.c VARIANTS baseline x86-64-v2 @CUDA@)\n")
     (proj / "CMakeLists.txt").write_text(body.replace("@CUDA@", ""))
     cmake_dir = run([sys.executable, "-m", "fatdispatch", "--cmake-dir"], cwd="/").stdout.strip()
     env = dict(os.environ, PATH=TOOL_PATH)
@@ -372,16 +396,28 @@ def test_plain_cmake_with_ninja_and_its_errors(tmp_path: Path) -> None:
             f"-DPython_EXECUTABLE={sys.executable}"]
     run([*conf, "-B", str(tmp_path / "b")], env=env)
     run(["cmake", "--build", str(tmp_path / "b"), "-j", "2"], env=env)
-    run(["cmake", "--install", str(tmp_path / "b"), "--prefix", str(tmp_path / "inst")], env=env)
-    vdir = tmp_path / "inst" / "top" / "sub" / "_core.variants"
+    inst = tmp_path / "inst"
+    run(["cmake", "--install", str(tmp_path / "b"), "--prefix", str(inst)], env=env)
+    vdir = inst / "top" / "sub" / "_spec.variants"
     assert sorted(p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()) == \
-        [f"baseline/_core{SUFFIX}", "manifest.json", f"x86-64-v3/_core{SUFFIX}"]
+        [f"baseline/_spec{SUFFIX}", "manifest.json", f"x86-64-v2/_spec{SUFFIX}"]
     m = json.loads((vdir / "manifest.json").read_text())
-    assert m["module"] == "top.sub._core" and [v["name"] for v in m["variants"]] == ["baseline", "x86-64-v3"]
-    (proj / "CMakeLists.txt").write_text(body.replace("@CUDA@", f'CUDA_SOURCES "{src}" CUDA_TARGETS sm_90'))
+    assert m["module"] == "top.sub._spec" and [v["name"] for v in m["variants"]] == ["baseline", "x86-64-v2"]
+    (inst / "top" / "__init__.py").write_text("")
+    (inst / "top" / "sub" / "__init__.py").write_text(
+        '__import__("_fatdispatch").install(__name__, ["_spec"])  # fatdispatch: bind the best build\n')
+    py = fresh_venv(tmp_path / "v", wheels["fatdispatch"])
+    code = ("import sys, top.sub._spec as s; print(s.spec_name, s.variant, s.__fatdispatch_variant__, "
+            "'fatdispatch' in sys.modules)")
+    e = dict(clean_env, PYTHONPATH=str(inst), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    full = run([str(py), "-c", code], env=dict(e, FATDISPATCH_CACHE="0"), cwd="/").stdout.split()
+    assert full == ["top.sub._spec", "x86-64-v2", "x86-64-v2", "True"]
+    run([str(py), "-c", code], env=e, cwd="/")  # writes the pick
+    hit = run([str(py), "-c", code], env=e, cwd="/").stdout.split()
+    assert hit == ["top.sub._spec", "x86-64-v2", "x86-64-v2", "False"]  # the compiled helper's loader: a hit
+    (proj / "CMakeLists.txt").write_text(body.replace("@CUDA@", 'CUDA_SOURCES spec.c CUDA_TARGETS sm_90'))
     p = subprocess.run([*conf, "-B", str(tmp_path / "b2")], env=env, capture_output=True, text=True)
     assert p.returncode != 0 and "CUDA is not enabled" in p.stderr, p.stderr[-2000:]
-
 
 def test_setuptools_plugin_composes_with_another_plugins_build_ext() -> None:
     """scikit-build-core's setuptools plugin puts its own build_ext into every project's cmdclass; fatdispatch's

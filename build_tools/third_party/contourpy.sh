@@ -84,12 +84,12 @@ echo "== two fresh environments: the fat wheel, the stock wheel"
 
 echo "== agreement with the stock wheel, every build"
 AGREE="$ROOT/build_tools/third_party/contourpy_agree.py"
-ref=$(cd / && stockenv/bin/python "$AGREE")
+ref=$(cd / && "$WORK/stockenv/bin/python" "$AGREE")
 echo "stock: $ref"
 status=0
 for b in auto baseline x86-64-v2 x86-64-v3 x86-64-v4; do
-  if [ "$b" = auto ]; then got=$(cd / && fat/bin/python "$AGREE")
-  else got=$(cd / && FATDISPATCH_FORCE="$b" fat/bin/python "$AGREE" 2>&1) || { echo "$b: $got" | tail -1; continue; }
+  if [ "$b" = auto ]; then got=$(cd / && "$WORK/fat/bin/python" "$AGREE")
+  else got=$(cd / && FATDISPATCH_FORCE="$b" "$WORK/fat/bin/python" "$AGREE" 2>&1) || { echo "$b: $got" | tail -1; continue; }
   fi
   echo "fat:   $got"
   [ "${got##*sha256=}" = "${ref##*sha256=}" ] || { echo "MISMATCH for $b"; status=1; }

@@ -225,6 +225,7 @@ def load_extension(name: str, path: str, amx: bool) -> "ModuleType":
             raise FatDispatchError("the kernel refused AMX tile permission (ARCH_REQ_XCOMP_PERM)")
     subspec = ModuleSpec(name, ExtensionFileLoader(name, path), origin=path)
     module: "ModuleType" = _imp.create_dynamic(subspec)
+    module.__spec__, module.__file__ = subspec, path  # as importlib sets them before exec (pybind11 3 reads them)
     _imp.exec_dynamic(module)
     return module
 

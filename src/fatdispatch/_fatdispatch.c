@@ -1433,6 +1433,10 @@ static PyObject *load_extension(PyObject *name, PyObject *path)
     }
     if (spec != NULL)
         module = PyObject_CallMethod(imp, "create_dynamic", "O", spec);
+    /* as importlib sets them before exec: pybind11 3's exec slot reads __spec__.name */
+    if (module != NULL && (PyObject_SetAttrString(module, "__spec__", spec) < 0
+                           || PyObject_SetAttrString(module, "__file__", path) < 0))
+        Py_CLEAR(module);
     if (module != NULL) {
         r = PyObject_CallMethod(imp, "exec_dynamic", "O", module);
         if (r == NULL)
