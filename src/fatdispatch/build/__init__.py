@@ -11,10 +11,14 @@ setuptools (``setup.py``)::
           cmdclass=cmdclass())
 
 or ``pyproject.toml`` alone (``[[tool.fatdispatch.extension]]`` tables, read
-by a setuptools plugin).  cffi: :func:`cffi_extension`.
+by a setuptools plugin).  cffi: :func:`cffi_extension`.  CMake
+(scikit-build-core) and Meson (meson-python): ``fatdispatch/cmake/`` and
+``fatdispatch/meson/``, which call ``python -m fatdispatch.build`` for flags
+and the manifest (:mod:`._layout`, shared by every backend).
 
-The names are imported on first use, so the tools here that need no setuptools (``_audit``, ``_wheel``:
-``python -m fatdispatch audit|inspect|test-variants``) also work where only the runtime is installed.
+The names are imported on first use, so the tools here that need no setuptools (``_audit``, ``_wheel``,
+``python -m fatdispatch.build``: ``python -m fatdispatch audit|inspect|test-variants``, a CMake or Meson build
+environment) also work where only the runtime is installed.
 """
 
 from __future__ import annotations

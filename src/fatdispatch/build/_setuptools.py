@@ -422,32 +422,11 @@ class build_ext(_build_ext):
     # -- manifest and report
 
     def _write_manifest(self, ext: FatExtension, jobs: list[_Job], runtime: tuple[int, int]) -> None:
-        entries = []
-        for job in jobs:
-            v = job.cpu
-            entry: dict[str, Any] = {
-                "name": job.name, "kind": job.kind, "file": f"{job.name}/{ext.modname}", "arch": v.arch,
-                "priority": ext.priorities.get(job.name, v.priority),
-                "requires": {"features": sorted(v.features)},
-                "properties": list(v.properties),
-            }
-            if v.x86_64_level is not None:
-                entry["requires"]["x86_64_level"] = v.x86_64_level
-            if job.cuda is not None:
-                entry["requires"]["cuda"] = {"sass": list(job.cuda.sass), "ptx": list(job.cuda.ptx),
-                                             "runtime": list(runtime)}
-                entry["properties"] = list(v.properties) + [f"nvidia :: sm_arch :: {t}_real" for t in job.cuda.sass] \
-                    + [f"nvidia :: sm_arch :: {t}_virtual" for t in job.cuda.ptx] \
-                    + [f"nvidia :: cuda_version_lower_bound :: {runtime[0]}.{runtime[1]}"]
-            entries.append(entry)
-        manifest = {"schema": SCHEMA_VERSION, "module": ext.name, "generator": f"fatdispatch {__version__}",
-                    "variants": entries}
-        path = os.path.join(self._variants_dir(ext), MANIFEST_NAME)
-        parse_manifest(manifest, path)  # never write a manifest the runtime would refuse
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-            f.write("\n")
-        self._fat_outputs.append(path)
+        from ._layout import Build, build_manifest, write_manifest  # the one manifest writer of every backend
+
+        manifest = build_manifest(ext.name, [Build(j.name, j.kind, j.cpu, j.cuda) for j in jobs], runtime,
+                                  ext.priorities)
+        self._fat_outputs.append(write_manifest(self._variants_dir(ext), manifest))
         self._fat_outputs.extend(j.output for j in jobs)
         if ext.audit_guarded:
             side = os.path.join(self._variants_dir(ext), _audit.AUDIT_NAME)
