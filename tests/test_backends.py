@@ -425,7 +425,7 @@ def test_setuptools_plugin_composes_with_another_plugins_build_ext() -> None:
     from setuptools import Distribution
     from setuptools.command.build_ext import build_ext as plain
 
-    from fatdispatch.build._setuptools import _compose, build_ext
+    from fatdispatch.build._setuptools import build_ext, fat_command
 
     calls = []
 
@@ -434,13 +434,13 @@ def test_setuptools_plugin_composes_with_another_plugins_build_ext() -> None:
             calls.append("theirs")
             super().run()
 
-    both = _compose("build_ext", build_ext, Theirs)
+    both = fat_command("build_ext", Theirs, build_ext)
     assert issubclass(both, build_ext) and issubclass(both, Theirs)
-    assert both.build_extensions is build_ext.build_extensions and both.run is Theirs.run
-    assert _compose("build_ext", build_ext, None) is build_ext
-    assert _compose("build_ext", build_ext, Theirs) is not Theirs
+    assert both.build_extensions is build_ext.build_extensions  # ours builds; theirs still runs (below)
+    assert fat_command("build_ext", None, build_ext) is build_ext
+    assert fat_command("build_ext", Theirs, build_ext) is not Theirs
     mine = type("Mine", (build_ext,), {})
-    assert _compose("build_ext", build_ext, mine) is mine  # a project's own subclass of ours stays
+    assert fat_command("build_ext", mine, build_ext) is mine  # a project's own subclass of ours stays
     cmd = both(Distribution({"name": "x", "ext_modules": []}))
     cmd.ensure_finalized()
     cmd.run()
