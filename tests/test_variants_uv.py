@@ -129,3 +129,28 @@ def test_split_refuses_a_label_installers_reject() -> None:
     for bad in ("cuda-sm86-sm89-sm90", "Null", "sm+86"):
         with pytest.raises(FatDispatchError, match="installers refuse"):
             check_label(variant_label(bad), bad)
+
+
+@needs_uv
+def test_a_symlinked_uv_install_loads_and_its_pick_is_cached(wheels: dict[str, Path], tmp_path: Path,
+                                                               clean_env: dict[str, str]) -> None:
+    """``uv pip install --link-mode=symlink``: every file of the package is a symlink into uv's cache (before:
+    every build was refused as 'outside' the package while ``report`` said it picks one). The builds lie beside
+    the real manifest, so they load, from the pick cache too; ``report`` shows the same pick and refuses nothing."""
+    assert UV is not None
+    env = {k: v for k, v in clean_env.items() if not k.startswith("UV_")}
+    env["UV_CACHE_DIR"] = str(tmp_path / "uv-cache")
+    run([UV, "venv", "-q", "--python", sys.executable, str(tmp_path / "v")], env=env)
+    py = tmp_path / "v" / "bin" / "python"
+    run([UV, "pip", "install", "-q", "--python", str(py), "--no-index", "--link-mode=symlink",
+         str(wheels["fatdispatch"]), str(wheels["fatdemo"])], env=env)
+    so = next((site_packages(py) / "fatdemo" / "_core.variants" / host_build()).iterdir())
+    assert so.is_symlink() and (site_packages(py) / "fatdemo" / "_core.variants" / "manifest.json").is_symlink()
+    code = ("import json, sys, fatdemo\nprint(json.dumps([fatdemo.variant(), 'fatdispatch' not in sys.modules, "
+            "fatdemo.hamming(b'\\x0f' * 8, b'\\xf0' * 8)]))")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    first = run([str(py), "-c", code], env=env, cwd="/").stdout.strip()
+    again = run([str(py), "-c", code], env=env, cwd="/").stdout.strip()
+    assert first == f'["{host_build()}", false, 64]' and again == f'["{host_build()}", true, 64]'
+    report = run([str(py), "-m", "fatdispatch", "report"], env=env, cwd="/").stdout
+    assert f"fatdemo._core: picks {host_build()}" in report and "refused at load" not in report
