@@ -225,7 +225,8 @@ def test_one_declaration_serves_both_arches() -> None:
 def test_cross_env_and_suffix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from fatdispatch.build import cross_env
     from fatdispatch.build._catalog import BuildError
-    from fatdispatch.build._setuptools import build_arch, ext_suffix
+    from fatdispatch.build._layout import default_arch as build_arch
+    from fatdispatch.build._setuptools import ext_suffix
 
     with pytest.raises(BuildError, match="Python.h is missing"):
         cross_env("aarch64", str(tmp_path))

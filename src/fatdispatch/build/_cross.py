@@ -8,7 +8,7 @@ Python headers (a sysroot holding ``usr/include/python3.X``, e.g. one unpacked f
 ``libpython3.X-dev``).  How: ``CC``/``LDSHARED`` name the cross compiler, ``CFLAGS`` puts the target's headers
 before the host's, ``SETUPTOOLS_EXT_SUFFIX`` gives the target's file suffix (setuptools' own variable; fatdispatch's
 fat builds read it too) and ``_PYTHON_HOST_PLATFORM`` makes ``sysconfig.get_platform()`` -- hence the wheel's
-platform tag and :func:`fatdispatch.build._setuptools.build_arch`, which picks the variant catalog -- the target's.
+platform tag and :func:`fatdispatch.build._layout.default_arch`, which picks the variant catalog -- the target's.
 """
 
 from __future__ import annotations

@@ -36,21 +36,13 @@ from .. import __version__
 from .._cpu import normalize_arch
 from .._manifest import MANIFEST_NAME, SCHEMA_VERSION, VARIANTS_SUFFIX, parse_manifest
 from . import _audit
+from ._layout import default_arch, host_variant
 from ._catalog import (BuildError, CpuVariant, CudaBuild, check_cuda_build, cpu_catalog, cpu_variant, cuda_flags,
                        nvcc_path, nvcc_version, parse_cuda_spec, variants_for)
 from ._flags import FP_CONTRACT_OFF, split_isa_flags
 
 PYPI_LIMIT = 100 * 1024 * 1024
 WIRING_MARKER = "# fatdispatch: bind the best build of each fat module"
-
-
-def build_arch() -> str:
-    """The architecture being built for (``_PYTHON_HOST_PLATFORM`` for cross builds, else this machine)."""
-    host = os.environ.get("_PYTHON_HOST_PLATFORM") or sysconfig.get_platform()
-    for arch in ("x86_64", "aarch64", "arm64", "amd64"):
-        if host.lower().endswith(arch):
-            return normalize_arch(arch)
-    return normalize_arch(platform.machine())
 
 
 def ext_suffix(arch: str) -> str:
@@ -93,7 +85,7 @@ class FatExtension(Extension):
                  cuda: str = "required", fp_contract: bool = False, audit: str = "error",
                  audit_guarded: Mapping[str, Sequence[str]] | None = None, **kwargs: Any) -> None:
         super().__init__(name, sources, **kwargs)
-        self.arch = build_arch()
+        self.arch = default_arch()
         catalog = cpu_catalog(self.arch)
         self.variants = variants_for(list(variants) if variants is not None else list(catalog), self.arch)
         self.cuda_sources = list(cuda_sources)
@@ -269,7 +261,7 @@ class build_ext(_build_ext):
                     self.warn(msg + ": building without CUDA builds")
                     continue
                 runtime = nvcc_version(nvcc)
-                host = _host_variant(ext)
+                host = host_variant(ext.variants)
                 for cb in ext.cuda_builds:
                     jobs.append(_Job(ext, cb.name, "cuda", host, cb))
         for ext in exts:
@@ -483,11 +475,6 @@ class build_ext(_build_ext):
             shutil.copytree(self._variants_dir(ext), dest)
         with self._plain_only():
             super().copy_extensions_to_source()
-
-
-def _host_variant(ext: FatExtension) -> CpuVariant:
-    """The CPU variant the host code of CUDA builds is compiled for: the lowest one built."""
-    return min(ext.variants, key=lambda v: (v.x86_64_level or 0, len(v.features)))
 
 
 def _run(cmd: list[str]) -> None:
