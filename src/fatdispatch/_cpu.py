@@ -140,7 +140,7 @@ def _probe_cpu_uncached() -> "CPU":
 
 
 def probe_other_cpu(arch: "str", native: "Any") -> "CPU":
-    """The CPU probe off x86-64, or without the compiled helper: auxv, sysctl, then /proc/cpuinfo."""
+    """The CPU probe off x86-64, or without the compiled primitives: auxv, sysctl, then /proc/cpuinfo."""
     if arch == "aarch64" and (hasattr(native, "hwcaps") or not hasattr(native, "sysctl")):  # Linux: _aarch64
         from ._aarch64 import probe_cpu_record
 
@@ -188,7 +188,7 @@ def from_sysctl(values: "Mapping[str, int | None]", arch: "str", table: "Mapping
 def from_cpuinfo(text: "str", arch: "str", table: "Mapping[str, Any] | None" = None) -> "CPU":
     """Parse the first processor's flags from ``/proc/cpuinfo`` text.
 
-    The fallback when the compiled helper is missing.  The kernel drops flags
+    The fallback when the compiled primitives are missing.  The kernel drops flags
     whose XSAVE state it did not enable, but under an emulator it shows the
     host's flags, so CPUID is always preferred.
     """
