@@ -112,6 +112,7 @@ def _machine() -> "str":
 
 _cpu_lock = _thread.allocate_lock()
 _cpu_cached: "CPU | None" = None
+_cpu_raw: "dict[str, Any] | None" = None  # the raw CPUID/XCR0 words the cached CPU was decoded from
 cpu_probe_count = 0  # how many times the CPU was really probed (tests check it is 1)
 
 
@@ -128,9 +129,18 @@ def probe_cpu() -> "CPU":
         return _cpu_cached
 
 
+def probe_raw() -> "dict[str, Any] | None":
+    """The raw CPUID/XCR0 words :func:`probe_cpu` decoded (what the pick cache keys on), or None where the CPU
+    did not come from CPUID."""
+    probe_cpu()
+    return _cpu_raw
+
+
 def _probe_cpu_uncached() -> "CPU":
+    global _cpu_raw
     if _native is not None and hasattr(_native, "cpu") and _machine() == "x86_64":
         found: "Any" = _native.cpu()  # x86() and x86_decode() in one call; x86_from_cpuid(found["raw"]) gives the same CPU
+        _cpu_raw = found["raw"]
         return CPU(arch=found["arch"], features=found["features"], x86_64_level=found["x86_64_level"],
                    vendor=found["vendor"], source="cpuid", notes=masked_notes(found["masked"], found["raw"]))
     return probe_other_cpu(_machine(), _native)

@@ -14,7 +14,7 @@ import sys
 
 import _fatdispatch
 
-from ._cpu import probe_cpu
+from ._cpu import probe_cpu, probe_raw
 from ._env import BUILD_VARIABLES, KNOWN_VARIABLES, boolean, cache_allowed, cpu_only_force, force_for, unknown_variables
 from ._errors import FatDispatchError, ManifestError, NoUsableBuildError
 from ._manifest import MANIFEST_NAME, VARIANTS_SUFFIX, read_manifest
@@ -226,6 +226,16 @@ def resolve_file(variants_dir: "str", variant: "Variant") -> "tuple[str | None, 
     return None, f"file missing: {os.path.dirname(base)}/{{{','.join(tried)}}}"
 
 
+def checked_file(variants_dir: "str", roots: "tuple[str, ...]", variant: "Variant") -> "tuple[str, str, str, str | None]":
+    """The build's file and the checks every load applies: (path, identity, real path, None), or why not
+    in the last place (a missing file, or :func:`_fatdispatch.check_build`'s refusal)."""
+    path, why = resolve_file(variants_dir, variant)
+    if path is None:
+        return "", "", "", why
+    ident, real, refused = _fatdispatch.check_build(path, roots, variant.arch)
+    return path, ident, real, refused
+
+
 def check_chosen(selection: "Selection", variants_dir: "str") -> "dict[str, str]":
     """Every build of ``selection.order`` that would be refused at load, with why (what ``report`` shows):
     the same file checks an import applies."""
@@ -233,11 +243,8 @@ def check_chosen(selection: "Selection", variants_dir: "str") -> "dict[str, str]
     by_name = {c.variant.name: c.variant for c in selection.candidates}
     problems = {}
     for build in selection.order:
-        variant = by_name[build]
-        path, why = resolve_file(variants_dir, variant)
-        if path is not None:
-            why = _fatdispatch.check_build(path, roots, variant.arch)[2] or ""
-        if why:
+        why = checked_file(variants_dir, roots, by_name[build])[3]
+        if why is not None:
             problems[build] = why
     return problems
 
@@ -261,11 +268,7 @@ def load_selection(spec: "Any", variants_dir: "str", sel: "Selection", env: "Map
     by_name = {c.variant.name: c.variant for c in sel.candidates}
     for build in sel.order:
         variant = by_name[build]
-        path, why = resolve_file(variants_dir, variant)
-        if path is None:
-            attempts.append((build, why))
-            continue
-        ident, real, refused = _fatdispatch.check_build(path, roots, variant.arch)
+        path, ident, real, refused = checked_file(variants_dir, roots, variant)
         if refused is not None:
             attempts.append((build, refused))
             continue
@@ -305,12 +308,12 @@ def remember(variants_dir: "str", sel: "Selection", variant: "Variant", path: "s
     if not (_fatdispatch._PICKS_HERE and sel.cacheable and sel.hardware.cpu.source == "cpuid"
             and cache_allowed(env)):
         return
-    native = _fatdispatch.native()
-    if native is None:
+    raw = probe_raw()  # the words this decision was made from: no second round of CPUID
+    if raw is None:
         return
     cuda = any(c.variant.kind == "cuda" for c in sel.candidates)
     try:
-        key = _fatdispatch.pick_key(variants_dir, native.cpu()["raw"], cuda, env)
+        key = _fatdispatch.pick_key(variants_dir, raw, cuda, env)
         entry = _fatdispatch.pick_entry(variants_dir, key, variant.name, path, real, ident, variant.arch,
                                         variant.features, _uses_amx(variant), cuda)
         if entry is not None:
