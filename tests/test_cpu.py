@@ -13,12 +13,12 @@ import pytest
 from conftest import CPU_FIXTURES, cpu_fixture, raw_fixture
 from fatdispatch import _cpu
 
-# The x86 CPUID decoder (x86_decode, x86_levels, cpu()) is compiled into _fatdispatch_cpu only on x86: the tests
+# The x86 CPUID decoder (x86_decode, x86_levels, cpu()) is compiled into _fatdispatch only on x86: the tests
 # that replay recorded x86 machines through it, or compare it with the live x86 probe, need that build.
 # (Under an aarch64 interpreter they skip; the aarch64 decoding is tested on recorded machines in test_aarch64.py.)
 _native = _cpu.native()
 needs_x86_helper = pytest.mark.skipif(_native is None or not hasattr(_native, "x86_decode"),
-                                      reason="needs the x86 build of _fatdispatch_cpu (its CPUID decoder is x86-only C)")
+                                      reason="needs the x86 build of _fatdispatch (its CPUID decoder is x86-only C)")
 
 
 def _can_start_itself() -> bool:
@@ -220,25 +220,25 @@ def test_probe_imports_nothing_heavy() -> None:
 
 @needs_x86_helper
 def test_compiled_cpu_table_is_generated_from_the_json_table() -> None:
-    """_cpu_table.h (compiled into _fatdispatch_cpu) must be what build_tools/gen_cpu_table.py makes of
+    """_cpu_table.h (compiled into _fatdispatch) must be what build_tools/gen_cpu_table.py makes of
     cpu_features.json."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, os.path.join(root, "build_tools", "gen_cpu_table.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    import _fatdispatch_cpu
+    import _fatdispatch
     from fatdispatch._tables import feature_table
 
     levels = feature_table()["x86"]["levels"]
-    assert list(_fatdispatch_cpu.x86_levels()) == [frozenset(levels[n]) for n in ("1", "2", "3", "4")]
+    assert list(_fatdispatch.x86_levels()) == [frozenset(levels[n]) for n in ("1", "2", "3", "4")]
 
 
 @needs_x86_helper
 def test_compiled_probe_agrees_with_the_decoder() -> None:
-    """_fatdispatch_cpu.cpu() (the host probe in one call) says what x86_from_cpuid says of the same raw words."""
-    import _fatdispatch_cpu
+    """_fatdispatch.cpu() (the host probe in one call) says what x86_from_cpuid says of the same raw words."""
+    import _fatdispatch
 
-    found = _fatdispatch_cpu.cpu()
+    found = _fatdispatch.cpu()
     cpu = _cpu.x86_from_cpuid(found["raw"])
     assert found["arch"] == "x86_64" and found["vendor"] == cpu.vendor
     assert found["features"] == cpu.features and found["x86_64_level"] == cpu.x86_64_level
@@ -248,27 +248,31 @@ def test_compiled_probe_agrees_with_the_decoder() -> None:
 
 
 @needs_x86_helper
-def test_compiled_module_holds_only_primitives() -> None:
-    """The compiled module is what Python cannot do (CPUID/XGETBV and its decoder, auxv, sysctl, AMX), and no
-    part of the import path: that is _fatdispatch.py's alone."""
-    import _fatdispatch_cpu
+def test_compiled_module_is_the_import_path_and_the_primitives() -> None:
+    """The one compiled module holds the import path (registry, finder/loader, file checks, private-file reader,
+    the pick cache) and what Python cannot do (CPUID/XGETBV and its decoder, auxv, sysctl, AMX); nothing of
+    the decision (manifest, selection, reasons), which is Python's alone."""
+    import _fatdispatch
 
-    public = {n for n in dir(_fatdispatch_cpu) if not n.startswith("_")}
-    assert public <= {"x86", "x86_decode", "x86_levels", "cpu", "request_amx", "hwcaps", "sysctl",
-                      "processor_feature"}, public
-    assert {"x86", "cpu", "x86_decode"} <= public
+    public = {n for n in dir(_fatdispatch) if not n.startswith("_") and callable(getattr(_fatdispatch, n))}
+    primitives = {"x86", "x86_decode", "x86_levels", "cpu", "request_amx", "hwcaps", "sysctl", "processor_feature"}
+    import_path = {"install", "register", "find_spec", "invalidate_caches", "create_module", "exec_module",
+                   "check_build", "load_extension", "cache_bases", "read_private", "pick_name", "cpu_words",
+                   "gpu_facts_key", "pick_key", "pick_entry", "read_pick", "ModuleSpec"}
+    assert public <= primitives | import_path, public - primitives - import_path
+    assert {"x86", "cpu", "x86_decode", "install", "check_build", "pick_key"} <= public
 
 
 @pytest.mark.parametrize("compiler", ["cc", "aarch64-linux-gnu-gcc"])
 def test_helper_compiles_cleanly(compiler: str) -> None:
-    """The compiled primitives compile without a warning, on x86-64 and (CPUID left out) aarch64."""
+    """The compiled module compiles without a warning, on x86-64 and (CPUID left out) aarch64."""
     import shutil
     import sysconfig
 
     if shutil.which(compiler) is None:
         pytest.skip(f"{compiler} missing (build_tools/setup_env.sh installs gcc-aarch64-linux-gnu)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for source in ("_cpuid.c",):
+    for source in ("_cpuid.c", "_fatdispatch.c"):
         proc = subprocess.run([compiler, "-fsyntax-only", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                "-Wno-missing-field-initializers", "-Werror", f"-I{sysconfig.get_paths()['include']}",
                                # Debian's multiarch pyconfig.h includes <aarch64-linux-gnu/python3.11/pyconfig.h>

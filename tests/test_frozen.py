@@ -35,9 +35,9 @@ pathlib.Path({marker!r}).write_text("a hook another user planted ran")
 
 
 def best_build() -> str:
-    import _fatdispatch_cpu
+    import _fatdispatch
 
-    level = int(_fatdispatch_cpu.cpu()["x86_64_level"])
+    level = int(_fatdispatch.cpu()["x86_64_level"])
     return "baseline" if level == 1 else f"x86-64-v{level}"
 
 

@@ -1,22 +1,23 @@
 """The runtime's modules import downwards only: a walk of the import graph fails on a circle or an upward edge.
 
 Every import counts, at module level or inside a function (a lazy import is still a dependency), except the
-one hand-over the import path makes up into the package on a miss: ``_fatdispatch._full_path`` importing
-``fatdispatch._load``.  CPython's importlib has the same shape (``_bootstrap`` handing over to
+one hand-over the import path makes up into the package on a miss: ``_fatdispatch``'s ``full_path()``
+importing ``fatdispatch._load``.  ``_fatdispatch`` is compiled (``src/fatdispatch/_fatdispatch.c``): its
+imports are the modules its C source names to ``PyImport_ImportModule``.  CPython's importlib has the same shape (``_bootstrap`` handing over to
 ``_bootstrap_external``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import ROOT
 
 SRC = ROOT / "src"
 
-# Bottom to top.  A module may import only modules of a strictly lower layer (the compiled primitives,
-# ``_fatdispatch_cpu``, are below everything).
+# Bottom to top.  A module may import only modules of a strictly lower layer.
 LAYERS: list[set[str]] = [
     {"_fatdispatch"},
     {"fatdispatch._errors", "fatdispatch._records", "fatdispatch._cuda"},
@@ -31,7 +32,8 @@ LAYERS: list[set[str]] = [
     {"fatdispatch.__main__", "fatdispatch"},
 ]
 HAND_OVER = ("_fatdispatch", "fatdispatch._load")
-LEAF = {"_fatdispatch_cpu"}
+LEAF: set[str] = set()
+COMPILED = {"_fatdispatch": SRC / "fatdispatch" / "_fatdispatch.c"}
 
 
 def module_name(path: Path) -> str:
@@ -74,6 +76,11 @@ def imports(path: Path) -> set[str]:
     return found
 
 
+def c_imports(path: Path) -> set[str]:
+    """The modules a C source imports by name (``PyImport_ImportModule("...")``)."""
+    return set(re.findall(r'PyImport_ImportModule\("([\w.]+)"\)', path.read_text()))
+
+
 def _unit(name: str) -> str | None:
     for unit in ("fatdispatch.build", "fatdispatch._pyinstaller"):
         if name == unit or name.startswith(unit + "."):
@@ -89,15 +96,17 @@ def _resolve(name: str, known: set[str]) -> str | None:
 
 def test_layers_import_downwards_only() -> None:
     files = sorted(SRC.rglob("*.py"))
-    known = {module_name(f) for f in files} | LEAF
+    known = {module_name(f) for f in files} | LEAF | set(COMPILED)
     problems = []
     edges: dict[str, set[str]] = {}
-    for f in files:
-        me = module_name(f)
+    sources = [(module_name(f), imports(f)) for f in files] + [(m, c_imports(c)) for m, c in COMPILED.items()]
+    for me, targets in sources:
         if me.startswith("fatdispatch._pyinstaller.hooks"):
             continue  # PyInstaller's hook files, run by PyInstaller
         mine = layer_of(me)
-        for target in imports(f):
+        for target in targets:
+            if not (target == "_fatdispatch" or target.startswith("fatdispatch")):
+                continue  # the standard library (the C source imports posixpath, _imp)
             dep = _resolve(target, known)
             if dep is None or dep == me or dep in LEAF or dep == "fatdispatch":
                 # a constant of the package face (``__version__``): its __init__ imports nothing at import
@@ -111,7 +120,7 @@ def test_layers_import_downwards_only() -> None:
             if layer_of(dep) >= mine:
                 problems.append(f"{me} (layer {mine}) imports {dep} (layer {layer_of(dep)})")
     assert not problems, "\n".join(problems)
-    assert "fatdispatch._load" in edges.get("_fatdispatch", set())  # the hand-over is real (and the only one)
+    assert edges.get("_fatdispatch") == {"fatdispatch._load"}  # the hand-over is real, and the only one
 
 
 def test_the_package_face_imports_nothing_at_import_time() -> None:

@@ -26,7 +26,7 @@ def cli(*args: str, py: str | Path = sys.executable, check: bool = True) -> subp
 
 
 def test_capture_this_machine(tmp_path: Path) -> None:
-    import _fatdispatch_cpu as _fatdispatch
+    import _fatdispatch
 
     from fatdispatch._cpu import probe_cpu
 

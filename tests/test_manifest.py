@@ -146,11 +146,11 @@ def test_missing_and_huge_manifest(tmp_path: Path) -> None:
 
 
 def _elf_so(path: Path) -> None:
-    """A copy of a real shared object (this interpreter's compiled primitives) at ``path``."""
-    import _fatdispatch_cpu
+    """A copy of a real shared object (fatdispatch's compiled module) at ``path``."""
+    import _fatdispatch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(Path(_fatdispatch_cpu.__file__).read_bytes())
+    path.write_bytes(Path(_fatdispatch.__file__).read_bytes())
 
 
 def test_symlink_leaving_the_package_is_refused(tmp_path: Path) -> None:

@@ -67,9 +67,9 @@ def installed_builds(py: Path) -> set[str]:
 
 
 def host_build() -> str:
-    import _fatdispatch_cpu
+    import _fatdispatch
 
-    return LEVEL_BUILD[int(_fatdispatch_cpu.cpu()["x86_64_level"])]
+    return LEVEL_BUILD[int(_fatdispatch.cpu()["x86_64_level"])]
 
 
 @needs_uv

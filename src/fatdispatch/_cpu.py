@@ -1,9 +1,9 @@
 """The CPU probe: what this process's CPU can run.
 
 Raw probes ask the hardware or the OS and return plain data (CPUID registers and XCR0 from the compiled
-primitives ``_fatdispatch_cpu``; auxv words, sysctl values, ``/proc/cpuinfo`` text); pure decoders turn raw
+primitives in ``_fatdispatch``; auxv words, sysctl values, ``/proc/cpuinfo`` text); pure decoders turn raw
 data into a :class:`~fatdispatch._records.CPU`, so tests replay recorded machines through them.  On x86 the
-host is probed and decoded in one compiled call, ``_fatdispatch_cpu.cpu()``, with the table generated from
+host is probed and decoded in one compiled call, ``_fatdispatch.cpu()``, with the table generated from
 ``_data/cpu_features.json``.  :func:`probe_cpu` caches the answer for the life of the process.  CPU facts are
 never cached on disk: valgrind, qemu and VM migration change them (the pick cache keys on the raw words
 instead, re-read by every import).
@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 _native: "Any"
 try:
-    import _fatdispatch_cpu
+    import _fatdispatch  # the compiled import path, which holds the CPU primitives too
 
-    _native = _fatdispatch_cpu
-except ImportError:  # fatdispatch built without its compiled primitives: /proc/cpuinfo and friends
+    _native = _fatdispatch
+except ImportError:  # the build side, run where fatdispatch is not built yet (its own build): /proc/cpuinfo
     _native = None
 
 def _table() -> "dict[str, Any]":
@@ -36,7 +36,7 @@ def _table() -> "dict[str, Any]":
 
 
 def native() -> "Any":
-    """The compiled primitives ``_fatdispatch_cpu``, or None."""
+    """The compiled primitives (the module ``_fatdispatch``), or None where it is not built."""
     return _native
 
 

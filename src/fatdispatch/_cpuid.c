@@ -1,21 +1,20 @@
-/* _fatdispatch_cpu: fatdispatch's compiled primitives, the things Python cannot do: CPUID and XGETBV (raw x86
- * facts), the x86 feature decoder over those facts, Linux's AMX permission request, aarch64's auxv words
- * (getauxval), macOS sysctls and Windows' IsProcessorFeaturePresent.  Nothing else: the import path, the pick
- * cache and every file check are Python (src/_fatdispatch.py).
+/* fatdispatch's compiled primitives, the things Python cannot do: CPUID and XGETBV (raw x86 facts), the x86
+ * feature decoder over those facts, Linux's AMX permission request, aarch64's auxv words (getauxval), macOS
+ * sysctls and Windows' IsProcessorFeaturePresent.  Part of the one compiled module _fatdispatch (its import path
+ * is _fatdispatch.c; _cpuid.h is what the two share), so a probe and a cached pick cost one module load.
  *
  * x86() returns raw facts; x86_decode(raw) turns raw CPUID/XCR0 facts into usable feature names (a pure function
  * of its argument, so tests replay recorded machines through it); cpu() is the two together plus the x86-64
- * level, in one call, so that a probe costs one module load and one call (the probe benchmark's 100x over
- * archspec needs that: a decoder in Python would cost a module and a data table more).  The decoder's table is
- * generated from fatdispatch/_data/cpu_features.json (_cpu_table.h), the one copy of the feature vocabulary.
- * This file is compiled with the compiler's baseline flags and must never need more than the oldest CPU of its
- * architecture.
+ * level, in one call.  The decoder's table is generated from fatdispatch/_data/cpu_features.json
+ * (_cpu_table.h), the one copy of the feature vocabulary.  This file is compiled with the compiler's baseline
+ * flags and must never need more than the oldest CPU of its architecture.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
-#define FD_X86 1
+#include "_cpuid.h"
+
+#ifdef FD_X86
 #if defined(_MSC_VER)
 #include <intrin.h>
 #include <immintrin.h>
@@ -50,6 +49,9 @@ static long long fd_sysctl(const char *name)
 
 #ifdef FD_X86
 #include "_cpu_table.h"
+#if FD_NBITS > FD_NBITS_MAX
+#error "more x86 features than native_state holds: widen FD_NBITS_MAX in _cpuid.h"
+#endif
 
 static void fd_cpuid(unsigned int leaf, unsigned int sub, unsigned int r[4])
 {
@@ -78,7 +80,7 @@ static unsigned long long fd_xgetbv0(void)
 /* request_amx() -> bool: ask Linux for permission to use AMX tile data
  * (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).  Without it the first AMX
  * instruction raises SIGILL. */
-static int fd_request_amx(void)
+int fd_request_amx(void)
 {
 #if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
     return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
@@ -230,15 +232,7 @@ static PyObject *native_processor_feature(PyObject *self, PyObject *arg)
 }
 #endif
 
-/* ------------------------------------------------------------------ module state */
-
-typedef struct {
-#ifdef FD_X86
-    PyObject *names[FD_NBITS];   /* interned feature names, in table order; made on first use (not on the
-                                    import path of a cached pick, which needs none) */
-    PyObject *levels;            /* x86_levels(): 4 frozensets, levels 1-4; made on first use */
-#endif
-} native_state;
+/* ------------------------------------------------------------------ the module state (_cpuid.h) */
 
 #ifdef FD_X86
 static PyObject *names_set(native_state *st, unsigned long long mask)
@@ -430,6 +424,44 @@ fail:
     return NULL;
 }
 
+/* For a pick cache hit: this process's raw facts (as x86() returns them) and the mask of usable features,
+ * the decoder run without building the feature names. */
+PyObject *fd_raw_usable(PyObject *self, unsigned long long *usable)
+{
+    native_state *st = (native_state *)PyModule_GetState(self);
+    fd_facts f;
+    PyObject *raw, *masked;
+    fd_read(&f);
+    raw = facts_dict(&f);
+    if (raw == NULL)
+        return NULL;
+    masked = decode(st, &f, usable);
+    if (masked == NULL) {
+        Py_DECREF(raw);
+        return NULL;
+    }
+    Py_DECREF(masked);
+    return raw;
+}
+
+/* 1 where every name of the list is a feature of the table set in usable, 0 where one is not (or is unknown),
+ * -1 with an error. */
+int fd_all_usable(unsigned long long usable, PyObject *names)
+{
+    Py_ssize_t i;
+    int k;
+    for (i = 0; i < PyList_GET_SIZE(names); i++) {
+        const char *name = PyUnicode_AsUTF8(PyList_GET_ITEM(names, i));
+        if (name == NULL)
+            return -1;
+        for (k = 0; k < FD_NBITS && strcmp(FD_BITS[k].name, name) != 0; k++)
+            ;
+        if (k == FD_NBITS || !((usable >> k) & 1))
+            return 0;
+    }
+    return 1;
+}
+
 /* x86_decode(raw) -> (usable, masked)
  *
  * raw: the dict x86() returns (or a recorded one): leaves "1", "7", "7.1", "0x80000001" as 4 registers
@@ -451,7 +483,7 @@ static PyObject *native_x86_decode(PyObject *self, PyObject *raw)
 /* cpu() -> this process's CPU, decoded: {"arch", "vendor", "features" (usable), "x86_64_level" (0-4; None on
  * 32-bit x86), "masked" (as x86_decode), "raw" (what x86() returns)}.  What fatdispatch.hardware().cpu reports
  * on x86, for callers that want a probe without importing the package. */
-static PyObject *native_cpu(PyObject *self, PyObject *unused)
+PyObject *fd_cpu(PyObject *self, PyObject *unused)
 {
     native_state *st = (native_state *)PyModule_GetState(self);
     unsigned long long usable;
@@ -487,13 +519,13 @@ static PyObject *native_cpu(PyObject *self, PyObject *unused)
 
 
 
-static PyMethodDef native_methods[] = {
+PyMethodDef fd_cpu_methods[] = {
 #ifdef FD_X86
     {"x86", native_x86, METH_NOARGS, "Raw CPUID leaves and XCR0."},
     {"request_amx", native_request_amx, METH_NOARGS, "Ask the kernel for AMX tile state."},
     {"x86_decode", native_x86_decode, METH_O, "(usable features, masked groups) from raw CPUID facts."},
     {"x86_levels", native_x86_levels, METH_NOARGS, "The features of the x86-64 levels 1-4."},
-    {"cpu", native_cpu, METH_NOARGS, "This process's CPU, decoded (x86 and x86_decode together, with the level)."},
+    {"cpu", fd_cpu, METH_NOARGS, "This process's CPU, decoded (x86 and x86_decode together, with the level)."},
 #endif
 #if defined(__linux__)
     {"hwcaps", native_hwcaps, METH_NOARGS, "(AT_HWCAP, AT_HWCAP2)."},
@@ -507,54 +539,23 @@ static PyMethodDef native_methods[] = {
     {NULL, NULL, 0, NULL}
 };
 
-static int native_traverse(PyObject *module, visitproc visit, void *arg)
+int fd_cpu_traverse(native_state *st, visitproc visit, void *arg)
 {
-    native_state *st = (native_state *)PyModule_GetState(module);
-    if (st == NULL)
-        return 0;
 #ifdef FD_X86
-    {
-        int i;
-        for (i = 0; i < FD_NBITS; i++)
-            Py_VISIT(st->names[i]);
-    }
+    int i;
+    for (i = 0; i < FD_NBITS; i++)
+        Py_VISIT(st->names[i]);
     Py_VISIT(st->levels);
 #endif
     return 0;
 }
 
-static int native_clear(PyObject *module)
+void fd_cpu_clear(native_state *st)
 {
-    native_state *st = (native_state *)PyModule_GetState(module);
-    if (st == NULL)
-        return 0;
 #ifdef FD_X86
-    {
-        int i;
-        for (i = 0; i < FD_NBITS; i++)
-            Py_CLEAR(st->names[i]);
-    }
+    int i;
+    for (i = 0; i < FD_NBITS; i++)
+        Py_CLEAR(st->names[i]);
     Py_CLEAR(st->levels);
 #endif
-    return 0;
-}
-
-static void native_free(void *module)
-{
-    native_clear((PyObject *)module);
-}
-
-static PyModuleDef_Slot native_slots[] = {
-    {0, NULL}
-};
-
-static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "_fatdispatch_cpu",
-    "fatdispatch's compiled primitives: CPUID/XGETBV, the x86 feature decoder, auxv, sysctl, AMX.",
-    sizeof(native_state), native_methods, native_slots, native_traverse, native_clear, native_free,
-};
-
-PyMODINIT_FUNC PyInit__fatdispatch_cpu(void)
-{
-    return PyModuleDef_Init(&native_module);
 }

@@ -6,7 +6,7 @@ A description is one JSON object (the simulated NVIDIA driver in tests/simdriver
     {"fatdispatch_machine": 1,
      "provenance": "recorded on real hardware ..." | "written from specifications ...",
      "description": "free text",
-     "cpu": {"arch": "x86_64", "raw": {... the words _fatdispatch_cpu.x86() returns ...}}
+     "cpu": {"arch": "x86_64", "raw": {... the words _fatdispatch.x86() returns ...}}
             | {"arch": "aarch64", "hwcap": [AT_HWCAP, AT_HWCAP2]}
             | {"arch": ..., "features": [...], "x86_64_level": N},          (hand-written)
      "nvidia": null                                                         (no driver)

@@ -164,7 +164,7 @@ def dependencies_of(packages: Sequence[str], command: Sequence[str]) -> list[str
 def probe_model(qemu: str, model: str, python: str, imports: Sequence[str], env: Mapping[str, str],
                 timeout: float = 300) -> tuple[int, str]:
     """(x86-64 level under ``model``, "" or why the model cannot run the tests' dependencies)."""
-    code = ("import _fatdispatch_cpu as c, sys; print('level', c.cpu()['x86_64_level'], flush=True)\n"
+    code = ("import _fatdispatch as c, sys; print('level', c.cpu()['x86_64_level'], flush=True)\n"
             if _has_cpu_helper() else
             "import fatdispatch, sys; print('level', fatdispatch.hardware().cpu.x86_64_level, flush=True)\n")
     code += "".join(f"import {m}\n" for m in imports)
@@ -188,7 +188,7 @@ def probe_model(qemu: str, model: str, python: str, imports: Sequence[str], env:
 
 def _has_cpu_helper() -> bool:
     try:
-        import _fatdispatch_cpu  # noqa: F401
+        import _fatdispatch  # noqa: F401
     except ImportError:
         return False
     return True

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The import path and every module the full path imports on demand (PyInstaller cannot see lazy imports, nor
 # the wiring line's __import__("_fatdispatch")).
-HIDDEN = ["_fatdispatch", "_fatdispatch_cpu", "_json", "json.decoder", "ctypes", "fatdispatch._records",
+HIDDEN = ["_fatdispatch", "_json", "json.decoder", "ctypes", "fatdispatch._records",
           "fatdispatch._errors", "fatdispatch._manifest", "fatdispatch._env", "fatdispatch._privfile",
           "fatdispatch._tables", "fatdispatch._aarch64", "fatdispatch._cpu", "fatdispatch._cuda",
           "fatdispatch._nvml", "fatdispatch._gpu", "fatdispatch._select", "fatdispatch._load", "fatdispatch._report",
