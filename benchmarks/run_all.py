@@ -132,11 +132,11 @@ def bench_import(py: str, runs: int, work: Path, gpu_host: "dict | None" = None)
     return out
 
 
-PROBE_MODULE = "fatdispatch: `_fatdispatch_cpu.cpu()`"
+PROBE_MODULE = "fatdispatch: `_fatdispatch.cpu()`"
 FLOOR = "floor: import of an empty compiled module"
 PROBES = {
-    # The probe alone: one small compiled module, no package import (what a tool that only wants the CPU uses).
-    PROBE_MODULE: ("import _fatdispatch_cpu as m; m.cpu()", "m.cpu()"),
+    # The probe alone: the one compiled module, no package import (what a tool that only wants the CPU uses).
+    PROBE_MODULE: ("import _fatdispatch as m; m.cpu()", "m.cpu()"),
     # The same probe as the runtime records it (a CPU value with its notes), through the package.
     "fatdispatch: `fatdispatch._cpu.probe_cpu()`": ("import fatdispatch._cpu as r; r.probe_cpu()",
                                                    "r._cpu_cached = None; r.probe_cpu()"),
@@ -193,7 +193,7 @@ def bench_probes(py: str, runs: int, slow_runs: int) -> dict:
 
 
 def build_floor_module(py: str) -> None:
-    """An extension module with nothing in it, beside ``_fatdispatch_cpu`` in the benchmark venv (same flags)."""
+    """An extension module with nothing in it, beside ``_fatdispatch`` in the benchmark venv (same flags)."""
     site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     src = Path(site) / "fd_bench_empty.c"

@@ -14,13 +14,13 @@ import json
 import os
 import sys
 
-import _fatdispatch_cpu
+import _fatdispatch
 from fatdispatch import _cpu
 
 
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "host"
-    raw = _fatdispatch_cpu.x86()
+    raw = _fatdispatch.x86()
     cpu = _cpu.probe_cpu()
     print(json.dumps({
         "name": name,

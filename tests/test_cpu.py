@@ -258,7 +258,7 @@ def test_compiled_module_is_the_import_path_and_the_primitives() -> None:
     primitives = {"x86", "x86_decode", "x86_levels", "cpu", "request_amx", "hwcaps", "sysctl", "processor_feature"}
     import_path = {"install", "register", "find_spec", "invalidate_caches", "create_module", "exec_module",
                    "check_build", "load_extension", "cache_bases", "read_private", "pick_name", "cpu_words",
-                   "gpu_facts_key", "pick_key", "pick_entry", "read_pick", "ModuleSpec"}
+                   "gpu_facts_key", "driver_present", "pick_key", "pick_entry", "read_pick", "ModuleSpec"}
     assert public <= primitives | import_path, public - primitives - import_path
     assert {"x86", "cpu", "x86_decode", "install", "check_build", "pick_key"} <= public
 

@@ -233,8 +233,11 @@ def test_gpu_probe_skipped_when_force_rules_cuda_out(force: str | None, probes_g
     import fatdispatch._load as load
     from fatdispatch._records import no_gpus
 
+    import _fatdispatch
+
     calls = []
     monkeypatch.setattr(gpu, "probe_gpus", lambda env: calls.append(1) or no_gpus("test"))
+    monkeypatch.setattr(_fatdispatch, "driver_present", lambda: (True, ""))  # as on a host with a driver
     load.hardware_for(M, {} if force is None else {"FATDISPATCH_FORCE": force})
     assert bool(calls) == probes_gpu
 

@@ -87,7 +87,7 @@ def test_readme_command_as_written(wheels: dict[str, Path], tmp_path: Path, clea
     meta = next(site.glob("fatdemo-*.dist-info")) / "METADATA"
     meta.write_text(meta.read_text() + "Requires-Dist: needsv2\n")
     (site / "needsv2.py").write_text(
-        "import _fatdispatch_cpu\nif (_fatdispatch.cpu()['x86_64_level'] or 0) < 2:\n"
+        "import _fatdispatch\nif (_fatdispatch.cpu()['x86_64_level'] or 0) < 2:\n"
         "    raise ImportError('needsv2 needs an x86-64-v2 CPU')\n")
     info = site / "needsv2-1.0.dist-info"
     info.mkdir()

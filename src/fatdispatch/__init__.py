@@ -14,8 +14,9 @@ Everything else is private.
 
 Layout (each module one job; layers import downwards only, ``tests/test_layers.py`` walks the graph):
 
-* ``_fatdispatch`` (top-level): the import path: registry, finder, loader, file checks, private files, the
-  pick cache.  ``_fatdispatch_cpu`` (compiled): CPUID/XGETBV, the x86 feature decoder, auxv, sysctl.
+* ``_fatdispatch`` (top-level, compiled from ``_fatdispatch.c`` and ``_cpuid.c``): the import path (registry,
+  finder and loader, file checks, the private-file reader, the pick cache) and the CPU primitives
+  (CPUID/XGETBV, the x86 feature decoder, auxv, sysctl, AMX).
 * ``_records`` value types; ``_errors`` the error hierarchy; ``_manifest`` the manifest contract;
   ``_env`` every ``FATDISPATCH_*`` rule; ``_cpu`` the CPU probe; ``_cuda`` NVIDIA's compatibility rules;
   ``_nvml`` the NVML binding; ``_gpu`` the GPU probe and its cache; ``_select`` the pure decision;

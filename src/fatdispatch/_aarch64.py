@@ -1,7 +1,7 @@
 """aarch64 CPU facts, decoded in one place: pure functions of plain data.
 
 Linux tells a process what it may use in two words of its auxiliary vector, ``AT_HWCAP`` and ``AT_HWCAP2``
-(``_fatdispatch_cpu.hwcaps()`` reads them; the kernel computes them from what *every* core has, so they are the
+(``_fatdispatch.hwcaps()`` reads them; the kernel computes them from what *every* core has, so they are the
 answer on big.LITTLE parts too).  ``/proc/cpuinfo`` has one ``Features`` line per core: the fallback where the
 compiled primitives are missing, read as the features all cores list.  Both are decoded with the bit and name table
 in ``_data/cpu_features.json`` (``aarch64.hwcap``, ``aarch64.hwcap2``), and the architecture version (8.0a ...

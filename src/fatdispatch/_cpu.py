@@ -13,7 +13,6 @@ import _thread
 import os
 import sys
 
-from ._errors import FatDispatchError
 from ._records import CPU
 
 TYPE_CHECKING = False
@@ -71,16 +70,18 @@ _MASKED = {
 def x86_from_cpuid(raw: "Mapping[str, Any]", arch: "str" = "x86_64", source: "str" = "cpuid") -> "CPU":
     """Turn raw CPUID leaves and XCR0 into a :class:`CPU` (pure).
 
-    ``raw`` has the keys ``_fatdispatch_cpu.x86()`` returns: ``max_leaf``, ``vendor``,
+    ``raw`` has the keys ``_fatdispatch.x86()`` returns: ``max_leaf``, ``vendor``,
     ``"1"``, ``"7"``, ``"7.1"``, ``max_ext``, ``"0x80000001"`` (each a 4-tuple
     EAX, EBX, ECX, EDX), ``xcr0`` (``None`` when OSXSAVE is off), and optionally
     ``amx_permission`` (``False`` when Linux refused AMX state),
     ``macos_avx512`` (macOS enables the AVX-512 state lazily and says so in a
     sysctl) and ``translated`` (Rosetta 2).  The bits are decoded by
-    ``_fatdispatch_cpu.x86_decode`` with the table compiled from ``_data/cpu_features.json``.
+    ``_fatdispatch.x86_decode`` with the table compiled from ``_data/cpu_features.json``.
     """
     if _native is None or not hasattr(_native, "x86_decode"):
-        raise FatDispatchError("fatdispatch's compiled primitives (_fatdispatch_cpu) are missing: reinstall "
+        from ._errors import FatDispatchError
+
+        raise FatDispatchError("fatdispatch's compiled module (_fatdispatch) is missing: reinstall "
                                "fatdispatch from a wheel, or with a C compiler available")
     usable, masked = _native.x86_decode(dict(raw))
     return CPU(arch=arch, features=usable, x86_64_level=x86_64_level(usable) if arch == "x86_64" else None,

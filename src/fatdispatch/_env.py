@@ -20,11 +20,11 @@ by FORCE, DISABLE or UNSAFE_FORCE is never remembered.  An unknown ``FATDISPATCH
 "did you mean".
 """
 
-from ._errors import ConfigError
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterable, Mapping
+
+    from ._errors import ConfigError
 
 KNOWN_VARIABLES = ("FATDISPATCH_FORCE", "FATDISPATCH_UNSAFE_FORCE", "FATDISPATCH_DISABLE", "FATDISPATCH_VERBOSE",
                    "FATDISPATCH_GPU_CACHE", "FATDISPATCH_CACHE")
@@ -38,6 +38,12 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
 
+def _config_error(variable: "str", value: "str", problem: "str") -> "ConfigError":
+    from ._errors import ConfigError  # the error classes are loaded when an error is raised
+
+    return ConfigError(variable, value, problem)
+
+
 def boolean(env: "Mapping[str, str]", name: "str", default: "bool" = False) -> "bool":
     raw = env.get(name)
     if raw is None:
@@ -47,7 +53,7 @@ def boolean(env: "Mapping[str, str]", name: "str", default: "bool" = False) -> "
         return True
     if value in _FALSE:
         return False
-    raise ConfigError(name, raw, "expected 1/true/yes/on or 0/false/no/off")
+    raise _config_error(name, raw, "expected 1/true/yes/on or 0/false/no/off")
 
 
 def cache_allowed(env: "Mapping[str, str]") -> "bool":
@@ -75,7 +81,7 @@ def _force_items(env: "Mapping[str, str]") -> "list[tuple[str | None, str, str]]
         mod, sep, value = item.rpartition(":")
         value = value.strip().lower()
         if not value or "/" in value or "\\" in value:
-            raise ConfigError("FATDISPATCH_FORCE", raw or "",
+            raise _config_error("FATDISPATCH_FORCE", raw or "",
                               f"{item!r} is not a build name (a value never names a file)")
         out.append((mod.strip() if sep else None, value, item))
     return out
@@ -101,11 +107,11 @@ def force_for(module: "str", env: "Mapping[str, str]", registered: "Iterable[str
         if m is not None and m.lower() not in known and m.lower().rpartition(".")[0] in packages:
             close = did_you_mean(m.lower(), sorted(known))
             hint = f"; did you mean {known[close]}?" if close else ""
-            raise ConfigError("FATDISPATCH_FORCE", raw, f"{item!r} names no fat module{hint} (fat modules: "
+            raise _config_error("FATDISPATCH_FORCE", raw, f"{item!r} names no fat module{hint} (fat modules: "
                                                         f"{', '.join(sorted(known.values()))})")
     chosen = specific or generic
     if len(set(chosen)) > 1:
-        raise ConfigError("FATDISPATCH_FORCE", raw, f"asks for several builds of {module}: {', '.join(chosen)}")
+        raise _config_error("FATDISPATCH_FORCE", raw, f"asks for several builds of {module}: {', '.join(chosen)}")
     return chosen[0] if chosen else None
 
 
@@ -156,6 +162,6 @@ def disabled_features(env: "Mapping[str, str]", known: "Iterable[str]") -> "froz
     if bad:
         close = did_you_mean(bad[0], known)
         hint = f" (did you mean {close!r}?)" if close else ""
-        raise ConfigError("FATDISPATCH_DISABLE", raw,
+        raise _config_error("FATDISPATCH_DISABLE", raw,
                           f"unknown CPU feature {bad[0]!r}{hint}; known features: {', '.join(known)}")
     return frozenset(names)

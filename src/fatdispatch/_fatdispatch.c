@@ -822,6 +822,20 @@ static PyObject *py_gpu_facts_key(PyObject *self, PyObject *env)
     return gpu_facts_key_impl(env);
 }
 
+/* driver_present() -> (present, why not): one cheap check for an installed NVIDIA driver, before anything of the
+ * GPU probe is imported. */
+static PyObject *py_driver_present(PyObject *self, PyObject *unused)
+{
+#if defined(__linux__)
+    if (access(LINUX_DRIVER_FILES[0], F_OK) == 0 || access(LINUX_DRIVER_FILES[1], F_OK) == 0)
+        return Py_BuildValue("(Os)", Py_True, "");
+    return Py_BuildValue("(Os)", Py_False, "no NVIDIA driver is installed (/proc/driver/nvidia/version is missing)");
+#else
+    return Py_BuildValue("(ON)", Py_False, PyUnicode_FromFormat("no NVIDIA CUDA driver exists for %S",
+                                                                PySys_GetObject("platform")));
+#endif
+}
+
 /* pick_key(variants_dir, raw, cuda, env): everything a pick rests on besides the build file: the interpreter,
  * fatdispatch's own files, the manifest's identity, this process's raw CPU words and, for a module with CUDA
  * builds, the GPU facts. */
@@ -1366,6 +1380,7 @@ static PyMethodDef fd_lazy_methods[] = {
     {"pick_name", py_pick_name, METH_O, "pick_name(variants_dir): the pick cache entry's name."},
     {"cpu_words", py_cpu_words, METH_O, "cpu_words(raw): the raw CPU words a pick is keyed on, APIC id masked."},
     {"gpu_facts_key", py_gpu_facts_key, METH_O, "gpu_facts_key(env): what the GPU facts rest on."},
+    {"driver_present", py_driver_present, METH_NOARGS, "driver_present() -> (present, why not): an NVIDIA driver?"},
     {"pick_key", py_pick_key, METH_VARARGS, "pick_key(variants_dir, raw, cuda, env): what a pick rests on."},
     {"pick_entry", py_pick_entry, METH_VARARGS,
      "pick_entry(variants_dir, key, build, path, real, ident, machine, features, amx, cuda) -> bytes or None."},

@@ -1,6 +1,7 @@
 """The NVIDIA GPU probe: is there a driver, what does NVML say, and the per-user cache of its answer.
 
-* Where no NVIDIA driver is installed it costs one ``stat`` per driver file and imports nothing.
+* Where no NVIDIA driver is installed it costs one ``access`` per driver file
+  (:func:`_fatdispatch.driver_present`) and imports nothing: the full path does not even import this module.
 * Otherwise NVML is asked (:mod:`fatdispatch._nvml`) for every device's compute capability and the driver's
   CUDA version, and ``libcuda.so.1`` is checked (containers often mount NVML alone), in a worker thread
   bounded by :data:`NVML_TIMEOUT_S`: a hung driver must not hang ``import``.  Everything the worker needs is
@@ -35,16 +36,9 @@ CACHE_FILE = "facts"
 
 
 def driver_present() -> "tuple[bool, str]":
-    """One cheap check for an installed NVIDIA driver, before anything is imported."""
-    if sys.platform == "win32":
-        files: "tuple[str, ...]" = (os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvml.dll"),)
-    elif sys.platform.startswith("linux"):
-        files = _fatdispatch.LINUX_DRIVER_FILES
-    else:
-        return False, f"no NVIDIA CUDA driver exists for {sys.platform}"
-    if any(os.path.exists(f) for f in files):
-        return True, ""
-    return False, "no NVIDIA driver is installed (/proc/driver/nvidia/version is missing)"
+    """One cheap check for an installed NVIDIA driver (:func:`_fatdispatch.driver_present`, which the full path
+    asks before it imports this module)."""
+    return _fatdispatch.driver_present()
 
 
 # ---------------------------------------------------------------- the per-user cache

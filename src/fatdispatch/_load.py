@@ -16,10 +16,9 @@ import _fatdispatch
 
 from ._cpu import probe_cpu, probe_raw
 from ._env import BUILD_VARIABLES, KNOWN_VARIABLES, boolean, cache_allowed, cpu_only_force, force_for, unknown_variables
-from ._errors import FatDispatchError, ManifestError, NoUsableBuildError
 from ._manifest import MANIFEST_NAME, VARIANTS_SUFFIX, read_manifest
 from ._privfile import open_private_dir, prune_private, remove_private, write_private
-from ._records import NO_GPU_PROBE, Hardware, LoadRecord, Manifest, Selection, Variant
+from ._records import NO_GPU_PROBE, Hardware, LoadRecord, Manifest, Selection, Variant, no_gpus
 from ._select import effective_hardware, format_selection, select
 
 TYPE_CHECKING = False
@@ -40,6 +39,8 @@ def explain(module: "str", env: "Mapping[str, str] | None" = None) -> "Selection
     """The ranked decision for a registered fat module, with a reason for every build.  Loads nothing."""
     folder = _fatdispatch.registry.get(module)
     if folder is None:
+        from ._errors import FatDispatchError  # the error classes are loaded where one is raised
+
         raise FatDispatchError(f"{module} is not a registered fat module (import its package first); "
                                f"registered: {', '.join(sorted(_fatdispatch.registry)) or 'none'}")
     return decide(module, folder, env)
@@ -80,6 +81,8 @@ def install_slowly(package: "str", modules: "Iterable[str] | None") -> "None":
     pkg = sys.modules.get(package)
     paths = list(getattr(pkg, "__path__", None) or [])
     if not paths:
+        from ._errors import FatDispatchError
+
         raise FatDispatchError(f"fatdispatch.install({package!r}): {package} is not an imported package; "
                                "call install(__name__) from the package's __init__.py")
     if modules is None:  # every <name>.variants folder
@@ -90,6 +93,8 @@ def install_slowly(package: "str", modules: "Iterable[str] | None") -> "None":
             except OSError:
                 continue
         if not found:
+            from ._errors import FatDispatchError
+
             raise FatDispatchError(f"fatdispatch.install({package!r}): no <module>{VARIANTS_SUFFIX} folder in "
                                    f"{', '.join(paths)}{_where_builds_went(paths)}", name=package)
         modules = sorted(set(found))
@@ -99,6 +104,8 @@ def install_slowly(package: "str", modules: "Iterable[str] | None") -> "None":
         folder = next((os.path.join(p, mod + VARIANTS_SUFFIX) for p in paths
                        if os.path.isdir(os.path.join(p, mod + VARIANTS_SUFFIX))), None)
         if folder is None:
+            from ._errors import FatDispatchError
+
             raise FatDispatchError(f"fatdispatch.install({package!r}): no folder {mod}{VARIANTS_SUFFIX} in "
                                    f"{', '.join(paths)}{_where_builds_went(paths)}", name=f"{package}.{mod}")
         located.append((f"{package}.{mod}", folder))
@@ -148,9 +155,13 @@ def hardware_for(manifest: "Manifest", env: "Mapping[str, str]") -> "Hardware":
     if manifest.has_cuda:
         forced = force_for(manifest.module, env, _fatdispatch.registry)
         if not cpu_only_force(forced, (v.name for v in manifest.variants if v.kind == "cpu")):
-            from ._gpu import probe_gpus
+            present, why = _fatdispatch.driver_present()  # no driver: the GPU probe is not even imported
+            if present:
+                from ._gpu import probe_gpus
 
-            gpu = probe_gpus(env)
+                gpu = probe_gpus(env)
+            else:
+                gpu = no_gpus(why)
     return Hardware(cpu=probe_cpu(), gpu=gpu)
 
 
@@ -159,6 +170,8 @@ def decide(fullname: "str", variants_dir: "str", env: "Mapping[str, str] | None"
     env = os.environ if env is None else env
     manifest = read_manifest(variants_dir)
     if manifest.module != fullname:
+        from ._errors import ManifestError
+
         raise ManifestError(manifest.path, "module",
                             f"describes {manifest.module!r} but was found for {fullname!r}: the build is misplaced")
     return select(manifest, hardware_for(manifest, env), env, _fatdispatch.registry)
@@ -263,6 +276,8 @@ def load_selection(spec: "Any", variants_dir: "str", sel: "Selection", env: "Map
     attempts: "list[tuple[str, str]]" = []
     if sel.error:
         _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=())
+        from ._errors import NoUsableBuildError
+
         raise NoUsableBuildError(f"fatdispatch: cannot import {name}: {sel.error}", name=name)
     roots = confinement_roots(variants_dir)
     by_name = {c.variant.name: c.variant for c in sel.candidates}
@@ -296,6 +311,8 @@ def load_selection(spec: "Any", variants_dir: "str", sel: "Selection", env: "Map
         return module
     _records[name] = LoadRecord(module=name, variant=None, path=None, selection=sel, attempts=tuple(attempts))
     lines = "\n".join(f"  {b}: {why}" for b, why in attempts)
+    from ._errors import NoUsableBuildError
+
     raise NoUsableBuildError(f"fatdispatch: no build of {name} could be loaded; tried:\n{lines}",
                              name=name, attempts=tuple(attempts))
 

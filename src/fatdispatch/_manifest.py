@@ -30,16 +30,31 @@ in :mod:`re`, a millisecond on the import path), strictly: one value, no NaN or 
 import os
 
 from ._cuda import parse_target as parse_sm
-from ._errors import JSONError, ManifestError
 from ._records import CudaTargets, Manifest, Variant
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._errors import ManifestError
+
 VARIANTS_SUFFIX = ".variants"   # <module>.variants: the folder of a fat module's builds
 MANIFEST_NAME = "manifest.json"  # inside it
 MANIFEST_LIMIT = 1 << 20
+
+
+def _json_error(problem: "str") -> "ValueError":
+    """A :class:`~fatdispatch._errors.JSONError` (the error classes are loaded when an error is raised)."""
+    from ._errors import JSONError
+
+    return JSONError(problem)
+
+
+def _manifest_error(path: "str", field: "str", problem: "str") -> "ManifestError":
+    from ._errors import ManifestError
+
+    return ManifestError(path, field, problem)
+
 
 # ---------------------------------------------------------------- JSON
 
@@ -70,7 +85,7 @@ def json_loads(text: "str | bytes") -> "Any":
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise JSONError(f"not UTF-8: {exc}") from None
+            raise _json_error(f"not UTF-8: {exc}") from None
     body = text.strip(" \t\n\r")
     try:
         if _scanner is None:
@@ -89,11 +104,11 @@ def json_loads(text: "str | bytes") -> "Any":
 
             value, end = _scanner(body, 0)
     except StopIteration as exc:
-        raise JSONError(f"expected a value at offset {exc.value}") from None
+        raise _json_error(f"expected a value at offset {exc.value}") from None
     except (ValueError, RecursionError) as exc:
-        raise JSONError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise _json_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     if end != len(body):
-        raise JSONError(f"unexpected text after the value at offset {end}")
+        raise _json_error(f"unexpected text after the value at offset {end}")
     return value
 
 
@@ -106,7 +121,7 @@ def read_regular(path: "str", limit: "int") -> "bytes":
         if (st.st_mode & 0o170000) != 0o100000:
             raise OSError(0, "not a regular file")
         if st.st_size > limit:
-            raise JSONError(f"file is larger than {limit} bytes")
+            raise _json_error(f"file is larger than {limit} bytes")
         return os.read(fd, limit + 1)
     finally:
         os.close(fd)
@@ -150,7 +165,7 @@ class _Checker:
         self.path = path
 
     def fail(self, field: "str | tuple[str | int, ...]", problem: "str") -> "ManifestError":
-        return ManifestError(self.path, _field_name(field), problem)
+        return _manifest_error(self.path, _field_name(field), problem)
 
     def obj(self, value: "Any", field: "str | tuple[str | int, ...]", allowed: "frozenset[str]",
             required: "tuple[str, ...]") -> "dict[str, Any]":
@@ -284,10 +299,10 @@ def read_manifest(variants_dir: "str") -> "Manifest":
     try:
         data = read_json(path)
     except FileNotFoundError:
-        raise ManifestError(path, "", "the file is missing: the wheel was built without fatdispatch's build_ext, "
+        raise _manifest_error(path, "", "the file is missing: the wheel was built without fatdispatch's build_ext, "
                                       "or the install is incomplete (reinstall the package)") from None
     except OSError as exc:
-        raise ManifestError(path, "", f"cannot read it: {exc.strerror or exc}") from None
+        raise _manifest_error(path, "", f"cannot read it: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise ManifestError(path, "", f"not valid JSON: {exc}") from None
+        raise _manifest_error(path, "", f"not valid JSON: {exc}") from None
     return parse_manifest(data, path)

@@ -17,7 +17,6 @@ The environment's rules (``FATDISPATCH_FORCE``, ``FATDISPATCH_DISABLE``, ``FATDI
 from ._cpu import without
 from ._cuda import exact_rank, parse_target, runtime_ok, sm_fit, visible_gpus
 from ._env import ALIASES, CATEGORIES, boolean, disabled_features, force_for, shapes_decision
-from ._errors import ConfigError
 from ._records import CPU, GPU, Candidate, CudaTargets, GPUs, Hardware, Manifest, Selection, Variant
 
 TYPE_CHECKING = False
@@ -184,6 +183,8 @@ def _apply_force(forced: "str", manifest: "Manifest", judged: "list[tuple[Varian
     if target is None:
         valid = sorted({v.name for v in manifest.variants} | set(CATEGORIES))
         aliases = sorted(a for a, t in ALIASES.items() if t in names or t in CATEGORIES)
+        from ._errors import ConfigError
+
         raise ConfigError("FATDISPATCH_FORCE", raw,
                           f"{module} has no build {forced!r}; valid values: {', '.join(valid)}"
                           + (f" (aliases: {', '.join(aliases)})" if aliases else ""))
