@@ -237,18 +237,18 @@ static PyObject *native_processor_feature(PyObject *self, PyObject *arg)
 #ifdef FD_X86
 static PyObject *names_set(native_state *st, unsigned long long mask)
 {
-    PyObject *set;
+    PyObject *set = PyFrozenSet_New(NULL);
     int i;
-    if (st->names[FD_NBITS - 1] == NULL) {
-        for (i = 0; i < FD_NBITS; i++)
-            if (st->names[i] == NULL && (st->names[i] = PyUnicode_InternFromString(FD_BITS[i].name)) == NULL)
-                return NULL;
-    }
-    set = PyFrozenSet_New(NULL);
     if (set == NULL)
         return NULL;
     for (i = 0; i < FD_NBITS; i++) {
-        if (((mask >> i) & 1) && PySet_Add(set, st->names[i]) < 0) {
+        if (!((mask >> i) & 1))
+            continue;
+        if (st->names[i] == NULL && (st->names[i] = PyUnicode_InternFromString(FD_BITS[i].name)) == NULL) {
+            Py_DECREF(set);  /* each name is made the first time a set holds it */
+            return NULL;
+        }
+        if (PySet_Add(set, st->names[i]) < 0) {
             Py_DECREF(set);
             return NULL;
         }
@@ -373,91 +373,143 @@ static int facts_from_dict(PyObject *raw, fd_facts *f)
     return 0;
 }
 
-/* Decode facts: the usable features (*usable_out) and the masked groups, a list of
- * (why, group, xcr0_mask, features) for every group of present features that is not usable;
- * why is "osxsave", "xcr0", "amx_permission" or "rosetta". */
-static PyObject *decode(native_state *st, const fd_facts *f, unsigned long long *usable_out)
+/* The features present in CPUID that the OS lets this process use: every group of XSAVE state (FD_STATES) whose
+ * features are present is usable only where OSXSAVE is on, XCR0 enables the group's state and, for AMX, Linux
+ * granted the permission; Rosetta 2 hides some features whatever CPUID says.  why[i] says why group i is masked
+ * (NULL where it is not), *hidden what Rosetta hides.  The one rule: decode() and the pick cache use it. */
+static unsigned long long fd_usable_mask(const fd_facts *f, const char *why[FD_NSTATES], unsigned long long *present_out,
+                                  unsigned long long *hidden)
 {
     unsigned long long present = 0, usable;
     int i;
-    PyObject *masked;
-
     for (i = 0; i < FD_NBITS; i++) {
         const fd_bit *b = &FD_BITS[i];
         if ((f->regs[b->leaf][b->reg] >> b->bit) & 1)
             present |= 1ULL << i;
     }
-    masked = PyList_New(0);
-    if (masked == NULL)
-        return NULL;
     usable = present;
     for (i = 0; i < FD_NSTATES; i++) {
         const fd_state *s = &FD_STATES[i];
-        unsigned long long hit = present & s->features;
-        const char *why = NULL;
-        if (hit == 0)
+        why[i] = NULL;
+        if ((present & s->features) == 0)
             continue;
         if (strcmp(s->group, "zmm") == 0 && f->macos_avx512)
             continue;  /* macOS enables ZMM state on first use; its sysctl says it will */
         if (!f->has_xcr0)
-            why = "osxsave";
+            why[i] = "osxsave";
         else if ((f->xcr0 & s->xcr0_mask) != s->xcr0_mask)
-            why = "xcr0";
+            why[i] = "xcr0";
         else if (strcmp(s->group, "amx") == 0 && f->amx_permission == 0)
-            why = "amx_permission";
-        if (why != NULL) {
-            usable &= ~hit;
-            if (add_masked(masked, st, why, s->group, s->xcr0_mask, hit) < 0)
-                goto fail;
-        }
+            why[i] = "amx_permission";
+        if (why[i] != NULL)
+            usable &= ~(present & s->features);
     }
-    if (f->translated && (usable & FD_ROSETTA_HIDDEN)) {
-        unsigned long long hidden = usable & FD_ROSETTA_HIDDEN;
-        usable &= ~hidden;
-        if (add_masked(masked, st, "rosetta", "", 0, hidden) < 0)
+    *hidden = f->translated ? usable & FD_ROSETTA_HIDDEN : 0;
+    *present_out = present;
+    return usable & ~*hidden;
+}
+
+/* Decode facts: the usable features (*usable_out) and the masked groups, a list of
+ * (why, group, xcr0_mask, features) for every group of present features that is not usable;
+ * why is "osxsave", "xcr0", "amx_permission" or "rosetta". */
+static PyObject *decode(native_state *st, const fd_facts *f, unsigned long long *usable_out)
+{
+    const char *why[FD_NSTATES];
+    unsigned long long present, hidden;
+    PyObject *masked = PyList_New(0);
+    int i;
+    if (masked == NULL)
+        return NULL;
+    *usable_out = fd_usable_mask(f, why, &present, &hidden);
+    for (i = 0; i < FD_NSTATES; i++) {
+        const fd_state *s = &FD_STATES[i];
+        if (why[i] != NULL && add_masked(masked, st, why[i], s->group, s->xcr0_mask, present & s->features) < 0)
             goto fail;
     }
-    *usable_out = usable;
+    if (hidden && add_masked(masked, st, "rosetta", "", 0, hidden) < 0)
+        goto fail;
     return masked;
 fail:
     Py_DECREF(masked);
     return NULL;
 }
 
-/* For a pick cache hit: this process's raw facts (as x86() returns them) and the mask of usable features,
- * the decoder run without building the feature names. */
-PyObject *fd_raw_usable(PyObject *self, unsigned long long *usable)
+/* The pick cache's view of the CPU, as the text its key compares: this process's raw CPUID/XCR0 words (raw
+ * NULL) or a raw dict's (what x86() returns: the full path keys on the words its decision was made from),
+ * the APIC id masked (CPUID.1:EBX bits 31-24 say which core ran CPUID, not a feature); and the mask of usable
+ * features.  Python objects only for a dict: a pick cache hit makes none.  The length, or -1 with an
+ * exception (a bad dict, a short buffer). */
+int fd_words(PyObject *raw, char *out, size_t n, unsigned long long *usable)
 {
-    native_state *st = (native_state *)PyModule_GetState(self);
     fd_facts f;
-    PyObject *raw, *masked;
-    fd_read(&f);
-    raw = facts_dict(&f);
-    if (raw == NULL)
-        return NULL;
-    masked = decode(st, &f, usable);
-    if (masked == NULL) {
-        Py_DECREF(raw);
-        return NULL;
+    const char *why[FD_NSTATES];
+    unsigned long long present, hidden;
+    char vendor[13];
+    int i, len;
+    if (raw == NULL) {
+        fd_read(&f);
+    } else {
+        static const char *const keys[2] = {"max_leaf", "max_ext"};
+        unsigned int *dest[2] = {&f.r0[0], &f.max_ext};
+        PyObject *v;
+        if (facts_from_dict(raw, &f) < 0)
+            return -1;
+        for (i = 0; i < 2; i++) {
+            v = PyDict_GetItemString(raw, keys[i]);
+            *dest[i] = v == NULL ? 0 : (unsigned int)PyLong_AsUnsignedLongLongMask(v);
+        }
+        v = PyDict_GetItemString(raw, "vendor");
+        if (v != NULL) {
+            const char *t = PyUnicode_AsUTF8(v);
+            if (t == NULL || strlen(t) != 12) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "raw CPU facts: the vendor is 12 characters");
+                return -1;
+            }
+            memcpy(&f.r0[1], t, 4);
+            memcpy(&f.r0[3], t + 4, 4);
+            memcpy(&f.r0[2], t + 8, 4);
+        }
+        if (PyErr_Occurred())
+            return -1;
     }
-    Py_DECREF(masked);
-    return raw;
+    memcpy(vendor, &f.r0[1], 4);
+    memcpy(vendor + 4, &f.r0[3], 4);
+    memcpy(vendor + 8, &f.r0[2], 4);
+    for (i = 0; i < 12; i++)  /* the key is one line of text */
+        if (vendor[i] < 0x21 || vendor[i] > 0x7e)
+            vendor[i] = '?';
+    vendor[12] = 0;
+    len = snprintf(out, n, "%x %s %x %llx %d", f.r0[0], vendor, f.max_ext, f.has_xcr0 ? f.xcr0 : ~0ULL,
+                   f.amx_permission);
+    for (i = 0; i < FD_NLEAVES && len > 0 && (size_t)len < n; i++) {
+        unsigned int ebx = FD_LEAF_IDS[i][0] == 1 ? f.regs[i][1] & 0x00FFFFFFu : f.regs[i][1];
+        len += snprintf(out + len, n - (size_t)len, " %x:%x:%x:%x", f.regs[i][0], ebx, f.regs[i][2], f.regs[i][3]);
+    }
+    if (len < 0 || (size_t)len >= n) {
+        PyErr_SetString(PyExc_ValueError, "raw CPU facts do not fit the pick key");
+        return -1;
+    }
+    *usable = fd_usable_mask(&f, why, &present, &hidden);
+    return len;
 }
 
-/* 1 where every name of the list is a feature of the table set in usable, 0 where one is not (or is unknown),
- * -1 with an error. */
-int fd_all_usable(unsigned long long usable, PyObject *names)
+/* 1 where every name of a space-separated list (n bytes) is a feature of the table set in usable; 0 where one
+ * is not, or is not in the table. */
+int fd_names_usable(unsigned long long usable, const char *names, size_t n)
 {
-    Py_ssize_t i;
-    int k;
-    for (i = 0; i < PyList_GET_SIZE(names); i++) {
-        const char *name = PyUnicode_AsUTF8(PyList_GET_ITEM(names, i));
-        if (name == NULL)
-            return -1;
-        for (k = 0; k < FD_NBITS && strcmp(FD_BITS[k].name, name) != 0; k++)
-            ;
-        if (k == FD_NBITS || !((usable >> k) & 1))
+    size_t at = 0;
+    while (at < n) {
+        size_t end = at;
+        int k;
+        while (end < n && names[end] != ' ')
+            end++;
+        for (k = 0; k < FD_NBITS; k++)
+            if (strlen(FD_BITS[k].name) == end - at && memcmp(FD_BITS[k].name, names + at, end - at) == 0)
+                break;
+        if (end > at && (k == FD_NBITS || !((usable >> k) & 1)))
             return 0;
+        at = end + 1;
     }
     return 1;
 }
@@ -525,7 +577,6 @@ PyMethodDef fd_cpu_methods[] = {
     {"request_amx", native_request_amx, METH_NOARGS, "Ask the kernel for AMX tile state."},
     {"x86_decode", native_x86_decode, METH_O, "(usable features, masked groups) from raw CPUID facts."},
     {"x86_levels", native_x86_levels, METH_NOARGS, "The features of the x86-64 levels 1-4."},
-    {"cpu", fd_cpu, METH_NOARGS, "This process's CPU, decoded (x86 and x86_decode together, with the level)."},
 #endif
 #if defined(__linux__)
     {"hwcaps", native_hwcaps, METH_NOARGS, "(AT_HWCAP, AT_HWCAP2)."},

@@ -4,6 +4,7 @@
 #ifndef FATDISPATCH_CPUID_H
 #define FATDISPATCH_CPUID_H
 #include <Python.h>
+#include <stddef.h>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
 #define FD_X86 1
@@ -25,8 +26,8 @@ void fd_cpu_clear(native_state *st);
 int fd_request_amx(void);                  /* 1: this process may use AMX tiles */
 #ifdef FD_X86
 PyObject *fd_cpu(PyObject *module, PyObject *unused);   /* cpu(): this process's CPU, decoded */
-PyObject *fd_raw_usable(PyObject *module, unsigned long long *usable);  /* x86()'s dict, and the usable mask */
-int fd_all_usable(unsigned long long usable, PyObject *names);          /* every name (a list of str) usable */
+int fd_words(PyObject *raw, char *out, size_t n, unsigned long long *usable);  /* the key's CPU words */
+int fd_names_usable(unsigned long long usable, const char *names, size_t n);    /* every listed feature usable */
 #endif
 
 #endif

@@ -89,13 +89,19 @@ typedef struct {
     native_state cpu;            /* _cpuid.c's part: first, so its casts of the module state hold */
     PyObject *registry;          /* fat module -> its variants folder */
     PyObject *hits;              /* fat module -> (build, path) bound from the pick cache */
-    PyObject *runtime_id;        /* what identifies fatdispatch's own files (made on first use) */
+    char runtime_id[512];        /* what identifies fatdispatch's own files (made on first use) */
+    char cache_tag[64];          /* sys.implementation.cache_tag */
+    unsigned long hexversion;    /* sys.hexversion: this interpreter, not the one the module was built for */
     PyObject *ModuleSpec, *ExtensionFileLoader, *create_dynamic, *exec_dynamic;
 } fd_module_state;
 
 #define STATE(m) ((fd_module_state *)PyModule_GetState(m))
 
-/* ================================================================ small helpers */
+/* ================================================================ small helpers
+ *
+ * A pick cache hit is made of C strings and system calls: on a small VM the first call of each function of
+ * the interpreter that nothing else used yet costs a page fault (~10-25 us), more than the work, so the hit
+ * touches as little of the Python C API as it can.  The Python-facing functions below wrap the same code. */
 
 static int absolute(PyObject *s)
 {
@@ -122,14 +128,6 @@ static PyObject *fs_bytes(PyObject *s)
     return b;
 }
 
-/* identity: device, inode, size, mtime, ctime (which no utime() can restore) and link count. */
-static PyObject *identity(const struct stat *st)
-{
-    return PyUnicode_FromFormat("(%llu, %llu, %lld, %lld, %lld, %llu)", (unsigned long long)st->st_dev,
-                                (unsigned long long)st->st_ino, (long long)st->st_size, FD_NS(st, m), FD_NS(st, c),
-                                (unsigned long long)st->st_nlink);
-}
-
 /* stat() of a str path: 0, or -1 with errno (and no Python error) where it cannot be stat'ed. */
 static int stat_str(PyObject *path, struct stat *st)
 {
@@ -145,36 +143,90 @@ static int stat_str(PyObject *path, struct stat *st)
     return rc;
 }
 
-/* An environment value (a str; with nonempty, a non-empty one), new reference; NULL without an error where there
- * is none.  env is a mapping, or NULL for the process environment (what os.environ reads and writes through
- * putenv, without a call into Python: the pick cache's lookup). */
-static PyObject *env_value(PyObject *env, const char *key, int nonempty)
+/* Text built in a fixed buffer; full is set (and nothing more written) where it does not fit. */
+typedef struct {
+    char *p;
+    size_t cap, len;
+    int full;
+} fd_text;
+
+static void tx_bytes(fd_text *t, const char *s, size_t n)
 {
-    PyObject *v;
-    if (env == NULL) {
-        const char *c = getenv(key);
-        v = c == NULL || (nonempty && !*c) ? NULL : PyUnicode_DecodeFSDefault(c);
-        if (v == NULL)
-            PyErr_Clear();
-    } else if (PyDict_CheckExact(env)) {
-        v = PyDict_GetItemString(env, key);
-        Py_XINCREF(v);
-    } else {
-        v = PyObject_CallMethod(env, "get", "s", key);
-        if (v == NULL)
-            PyErr_Clear();
+    if (t->full || t->len + n + 1 > t->cap) {
+        t->full = 1;
+        return;
     }
-    if (v != NULL && !(PyUnicode_Check(v) && (!nonempty || PyUnicode_GET_LENGTH(v) > 0)))
-        Py_CLEAR(v);
-    return v;
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+    t->p[t->len] = 0;
 }
 
-static PyObject *env_get(PyObject *env, const char *key)
+static void tx_str(fd_text *t, const char *s)
 {
-    return env_value(env, key, 1);
+    tx_bytes(t, s, strlen(s));
 }
 
-/* Call fn of a module already imported (os.path.abspath, ...), new reference. */
+static void tx_num(fd_text *t, unsigned long long v, int negative)
+{
+    char digits[24];
+    int n = 0;
+    do
+        digits[sizeof(digits) - 1 - n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    if (negative)
+        digits[sizeof(digits) - 1 - n++] = '-';
+    tx_bytes(t, digits + sizeof(digits) - n, (size_t)n);
+}
+
+static void tx_signed(fd_text *t, long long v)
+{
+    tx_num(t, v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v, v < 0);
+}
+
+/* Arbitrary bytes as one word of the key: percent-encoded outside [A-Za-z0-9._/:,+-]. */
+static void tx_word(fd_text *t, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c && strchr("._/:,+-", c))) {
+            tx_bytes(t, (const char *)&c, 1);
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            tx_bytes(t, e, 3);
+        }
+    }
+}
+
+/* identity: device, inode, size, mtime, ctime (which no utime() can restore) and link count, written as
+ * Python writes the tuple of them. */
+static void tx_identity(fd_text *t, const struct stat *st)
+{
+    tx_str(t, "(");
+    tx_num(t, (unsigned long long)st->st_dev, 0);
+    tx_str(t, ", ");
+    tx_num(t, (unsigned long long)st->st_ino, 0);
+    tx_str(t, ", ");
+    tx_signed(t, (long long)st->st_size);
+    tx_str(t, ", ");
+    tx_signed(t, FD_NS(st, m));
+    tx_str(t, ", ");
+    tx_signed(t, FD_NS(st, c));
+    tx_str(t, ", ");
+    tx_num(t, (unsigned long long)st->st_nlink, 0);
+    tx_str(t, ")");
+}
+
+static PyObject *identity(const struct stat *st)
+{
+    char buf[160];
+    fd_text t = {buf, sizeof(buf), 0, 0};
+    tx_identity(&t, st);
+    return PyUnicode_FromStringAndSize(buf, (Py_ssize_t)t.len);
+}
+
+/* Call a function of posixpath (abspath, expanduser: the rare cases), new reference. */
 static PyObject *call_os_path(const char *fn, PyObject *arg)
 {
     PyObject *mod = PyImport_ImportModule("posixpath"), *r;
@@ -189,6 +241,39 @@ static PyObject *call_os_path(const char *fn, PyObject *arg)
 static PyObject *full_path(void)
 {
     return PyImport_ImportModule("fatdispatch._load");
+}
+
+/* An environment value, as file-system bytes in buf (n bytes at most, NUL-terminated): 1 where it is set (even
+ * to ""), 0 where it is not or does not fit, -1 with an exception.  env is a mapping, or NULL for the process
+ * environment (what os.environ reads, and writes through putenv: a pick cache hit asks no Python code). */
+static int env_bytes(PyObject *env, const char *key, char *buf, size_t n)
+{
+    PyObject *v, *b;
+    int found = 0;
+    if (env == NULL) {
+        const char *c = getenv(key);
+        if (c == NULL || strlen(c) >= n)
+            return 0;
+        strcpy(buf, c);
+        return 1;
+    }
+    if (PyDict_CheckExact(env)) {
+        v = PyDict_GetItemString(env, key);
+        Py_XINCREF(v);
+    } else {
+        v = PyObject_CallMethod(env, "get", "s", key);
+        if (v == NULL)
+            return -1;
+    }
+    if (v != NULL && PyUnicode_Check(v) && (b = PyUnicode_EncodeFSDefault(v)) != NULL) {
+        if ((size_t)PyBytes_GET_SIZE(b) < n && strlen(PyBytes_AS_STRING(b)) == (size_t)PyBytes_GET_SIZE(b)) {
+            memcpy(buf, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b) + 1);
+            found = 1;
+        }
+        Py_DECREF(b);
+    }
+    Py_XDECREF(v);
+    return PyErr_Occurred() ? -1 : found;
 }
 
 /* ================================================================ the checks every build passes, on either path */
@@ -206,25 +291,24 @@ static unsigned long long le(const unsigned char *p, int n)
     return v;
 }
 
-/* Why the open file cannot be a loadable ELF object for machine: a new str, Py_None (new reference) where it
- * can, or NULL with errno set and no Python error where it cannot be read.  dlopen of a truncated file maps
- * segments past its end and dies with SIGBUS when they are touched, so the header, the architecture and
- * every program header and loadable segment are checked first. */
-static PyObject *elf_problem(int fd, long long size, const char *machine)
+/* Why the open file cannot be a loadable ELF object for machine, written into why: 1 (a reason), 0 (it can), -1
+ * (errno: it cannot be read).  dlopen of a truncated file maps segments past its end and dies with SIGBUS when
+ * they are touched, so the header, the architecture and every program header and loadable segment are checked
+ * first. */
+static int elf_problem(int fd, unsigned long long size, const char *machine, char *why, size_t n)
 {
-    unsigned char head[4096], *table;
-    int allocated = 0;
-    ssize_t n = pread(fd, head, sizeof(head), 0);
-    unsigned long long phoff, phentsize, phnum, total, i, usize = size < 0 ? 0 : (unsigned long long)size;
+    unsigned char head[4096], *table = NULL;
+    const unsigned char *tab;
+    ssize_t got = pread(fd, head, sizeof(head), 0);
+    unsigned long long phoff, phentsize, phnum, total, i;
     int em, want = -1;
     size_t k;
-    PyObject *why = NULL;
-    if (n < 0)
-        return NULL;
-    if (n < 64 || memcmp(head, "\x7f" "ELF", 4) != 0)
-        return PyUnicode_FromString("not an ELF shared object");
+    if (got < 0)
+        return -1;
+    if (got < 64 || memcmp(head, "\x7f" "ELF", 4) != 0)
+        return snprintf(why, n, "not an ELF shared object"), 1;
     if (head[4] != 2 || head[5] != 1)
-        return PyUnicode_FromString("not a 64-bit little-endian ELF object");
+        return snprintf(why, n, "not a 64-bit little-endian ELF object"), 1;
     em = (int)le(head + 18, 2);
     for (k = 0; k < N_ELF_MACHINES; k++)
         if (strcmp(ELF_MACHINES[k].name, machine) == 0)
@@ -232,53 +316,58 @@ static PyObject *elf_problem(int fd, long long size, const char *machine)
     if (want >= 0 && em != want) {
         for (k = 0; k < N_ELF_MACHINES; k++)
             if (ELF_MACHINES[k].em == em)
-                return PyUnicode_FromFormat("built for %s, not %s", ELF_MACHINES[k].name, machine);
-        return PyUnicode_FromFormat("built for ELF machine %d, not %s", em, machine);
+                return snprintf(why, n, "built for %s, not %s", ELF_MACHINES[k].name, machine), 1;
+        return snprintf(why, n, "built for ELF machine %d, not %s", em, machine), 1;
     }
     phoff = le(head + 32, 8);
     phentsize = le(head + 54, 2);
     phnum = le(head + 56, 2);
-    total = phentsize * phnum;  /* at most 65535 * 65535: no overflow */
-    if (phentsize < 56 || phnum == 0 || phoff > usize || total > usize - phoff)
-        return PyUnicode_FromFormat("truncated: %lld bytes cannot hold its program headers", size);
-    if (phoff + total <= (unsigned long long)n) {
-        table = head + phoff;
-    } else {
-        table = (unsigned char *)PyMem_Malloc((size_t)total);
-        allocated = 1;
-        if (table == NULL)
-            return PyErr_NoMemory();
+    total = phentsize * phnum;
+    if (phentsize < 56 || phnum == 0 || phoff > size || total > size - phoff)
+        return snprintf(why, n, "truncated: %llu bytes cannot hold its program headers", size), 1;
+    if (phoff + total <= (unsigned long long)got) {
+        tab = head + phoff;
+    } else {  /* program headers beyond the first page (rare): read on their own */
+        if ((table = (unsigned char *)malloc((size_t)total)) == NULL)
+            return snprintf(why, n, "too many program headers (%llu)", phnum), 1;
         if (pread(fd, table, (size_t)total, (off_t)phoff) != (ssize_t)total) {
-            int saved = errno ? errno : EIO;
-            PyMem_Free(table);
-            errno = saved;
-            return NULL;
+            free(table);
+            if (errno == 0)
+                errno = EIO;
+            return -1;
         }
+        tab = table;
     }
-    for (i = 0; i + phentsize <= total && why == NULL; i += phentsize) {
-        if (le(table + i, 4) == 1) {  /* PT_LOAD: p_offset + p_filesz must lie inside the file */
-            unsigned long long off = le(table + i + 8, 8), filesz = le(table + i + 32, 8);
-            if (off > usize || filesz > usize - off) {
+    for (i = 0; i + phentsize <= total; i += phentsize) {
+        if (le(tab + i, 4) == 1) {  /* PT_LOAD: p_offset + p_filesz must lie inside the file */
+            unsigned long long off = le(tab + i + 8, 8), filesz = le(tab + i + 32, 8);
+            if (off > size || filesz > size - off) {
                 if (filesz > ULLONG_MAX - off)
-                    why = PyUnicode_FromFormat("truncated: a segment ends past byte %llu, the file has %lld",
-                                               ULLONG_MAX, size);
+                    snprintf(why, n, "truncated: a segment ends past byte %llu, the file has %llu", ULLONG_MAX, size);
                 else
-                    why = PyUnicode_FromFormat("truncated: a segment ends at byte %llu, the file has %lld",
-                                               off + filesz, size);
-                if (why == NULL)
-                    break;
+                    snprintf(why, n, "truncated: a segment ends at byte %llu, the file has %llu", off + filesz, size);
+                free(table);
+                return 1;
             }
         }
     }
-    if (allocated)
-        PyMem_Free(table);
-    if (why == NULL && PyErr_Occurred())
-        return NULL;
-    if (why == NULL) {
-        Py_INCREF(Py_None);
-        why = Py_None;
-    }
-    return why;
+    free(table);
+    return 0;
+}
+
+/* The checks of an open build file: a regular file (regular_only stops there) and, on Linux, a loadable ELF
+ * object for machine.  0 (it passes; *st is its identity), 1 (a reason in why), -1 (errno: it cannot be read). */
+static int check_fd(int fd, const char *machine, struct stat *st, char *why, size_t n, int regular_only)
+{
+    if (fstat(fd, st) != 0)
+        return -1;
+    if (!S_ISREG(st->st_mode))
+        return snprintf(why, n, "not a regular file"), 1;
+#if defined(__linux__)
+    if (!regular_only)
+        return elf_problem(fd, st->st_size < 0 ? 0 : (unsigned long long)st->st_size, machine, why, n);
+#endif
+    return 0;
 }
 
 static PyObject *refusal(PyObject *why)
@@ -286,12 +375,14 @@ static PyObject *refusal(PyObject *why)
     return why == NULL ? NULL : Py_BuildValue("(ssN)", "", "", why);
 }
 
-/* check_build(path, roots, machine): the checks a build file passes before it is loaded, on either path. */
+/* check_build(path, roots, machine): the checks a build file passes before it is loaded, on the full path
+ * (a hit checks the same with check_fd and compares the identity it recorded). */
 static PyObject *check_build_impl(PyObject *path, PyObject *roots, const char *machine)
 {
-    PyObject *bpath, *real = NULL, *result = NULL, *rootseq = NULL, *why;
+    PyObject *bpath, *real = NULL, *result = NULL, *rootseq = NULL;
+    char why[200];
     struct stat st;
-    int fd;
+    int fd, rc;
     Py_ssize_t nroots = 0, i;
     if (roots != Py_None) {
         rootseq = PySequence_Fast(roots, "roots must be a sequence of folders");
@@ -305,19 +396,15 @@ static PyObject *check_build_impl(PyObject *path, PyObject *roots, const char *m
         return NULL;
     }
     fd = open(PyBytes_AS_STRING(bpath), FD_O_READ);
-    Py_DECREF(bpath);
     if (fd < 0) {
+        const char *err = strerror(errno);
+        Py_DECREF(bpath);
         Py_XDECREF(rootseq);
-        return refusal(PyUnicode_FromFormat("%U: cannot open it: %s", path, strerror(errno)));
+        return refusal(PyUnicode_FromFormat("%U: cannot open it: %s", path, err));
     }
-    if (fstat(fd, &st) != 0) {
-        result = refusal(PyUnicode_FromFormat("%U: cannot read it: %s", path, strerror(errno)));
-        goto done;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        result = refusal(PyUnicode_FromFormat("%U: not a regular file", path));
-        goto done;
-    }
+    rc = check_fd(fd, machine, &st, why, sizeof(why), 1);  /* a regular file, then where it is, then its ELF */
+    if (rc != 0)
+        goto checked;
     if (nroots > 0) {
         char buf[PATH_MAX + 1];
         ssize_t n = -1;
@@ -327,13 +414,10 @@ static PyObject *check_build_impl(PyObject *path, PyObject *roots, const char *m
         n = readlink(link, buf, PATH_MAX);
 #endif
         if (n < 0 || n >= PATH_MAX) {
-            PyObject *b = fs_bytes(path);
-            char *r = b == NULL ? NULL : realpath(PyBytes_AS_STRING(b), NULL);
-            Py_XDECREF(b);
+            char *r = realpath(PyBytes_AS_STRING(bpath), NULL);
             if (r == NULL) {
-                if (!PyErr_Occurred())
-                    result = refusal(PyUnicode_FromFormat("%U: cannot find where it really is: %s", path,
-                                                          strerror(errno)));
+                result = refusal(PyUnicode_FromFormat("%U: cannot find where it really is: %s", path,
+                                                      strerror(errno)));
                 goto done;
             }
             real = PyUnicode_DecodeFSDefault(r);
@@ -372,28 +456,28 @@ static PyObject *check_build_impl(PyObject *path, PyObject *roots, const char *m
         }
     }
 #if defined(__linux__)
-    why = elf_problem(fd, (long long)st.st_size, machine);
-    if (why == NULL) {
-        if (!PyErr_Occurred())
-            result = refusal(PyUnicode_FromFormat("%U: cannot read it: %s", path, strerror(errno)));
-        goto done;
-    }
-    if (why != Py_None) {
-        result = refusal(PyUnicode_FromFormat("%U: %U", path, why));
-        Py_DECREF(why);
-        goto done;
-    }
-    Py_DECREF(why);
+    rc = elf_problem(fd, st.st_size < 0 ? 0 : (unsigned long long)st.st_size, machine, why, sizeof(why));
 #endif
-    result = Py_BuildValue("(Ns#O)", identity(&st), "", (Py_ssize_t)0, Py_None);
-    if (result != NULL && real != NULL) {
-        PyObject *old = PyTuple_GET_ITEM(result, 1);
-        Py_INCREF(real);
-        PyTuple_SET_ITEM(result, 1, real);
-        Py_DECREF(old);
+checked:
+    if (rc < 0)
+        result = refusal(PyUnicode_FromFormat("%U: cannot read it: %s", path, strerror(errno)));
+    else if (rc > 0)
+        result = refusal(PyUnicode_FromFormat("%U: %s", path, why));
+    else
+        result = Py_BuildValue("(NOO)", identity(&st), real != NULL ? real : Py_None, Py_None);
+    if (result != NULL && rc == 0 && real == NULL) {  /* no roots: the real path is not looked up */
+        PyObject *empty = PyUnicode_FromStringAndSize("", 0);
+        if (empty == NULL) {
+            Py_CLEAR(result);
+        } else {
+            PyObject *old = PyTuple_GET_ITEM(result, 1);
+            PyTuple_SET_ITEM(result, 1, empty);
+            Py_DECREF(old);
+        }
     }
 done:
     close(fd);
+    Py_DECREF(bpath);
     Py_XDECREF(real);
     Py_XDECREF(rootseq);
     return result;
@@ -412,9 +496,6 @@ static PyObject *py_check_build(PyObject *self, PyObject *args)
     return r;
 }
 
-/* load_extension(name, path, amx): load the extension at path as module name (its init runs here, so a failure
- * can fall back), as importlib's ExtensionFileLoader would, with __spec__ and __file__ set before its exec
- * (pybind11 3 reads them). */
 static PyObject *load_extension_impl(PyObject *self, PyObject *name, PyObject *path, int amx)
 {
     fd_module_state *st = STATE(self);
@@ -469,97 +550,85 @@ static PyObject *py_load_extension(PyObject *self, PyObject *args)
 
 /* ================================================================ per-user files (written by fatdispatch._privfile) */
 
-/* cache_bases(env): the folders a per-user cache may live in, best first, each with whether it must be private:
- * $XDG_CACHE_HOME (or ~/.cache), then $XDG_RUNTIME_DIR (a per-boot 0700 folder of this user's, which keeps
- * picks where the home is read-only or another user's).  Relative values are ignored. */
-static PyObject *cache_bases_impl(PyObject *env)
+/* The folders a per-user cache may live in, best first, as file-system bytes: $XDG_CACHE_HOME (or ~/.cache),
+ * then $XDG_RUNTIME_DIR (a per-boot 0700 folder of this user's, which keeps picks where the home is read-only or
+ * another user's; it must be private).  Relative values are ignored.  How many (0-2), or -1 with an exception. */
+static int bases(PyObject *env, char out[2][PATH_MAX], int must_be_private[2])
 {
-    PyObject *out = PyList_New(0), *base = env_get(env, "XDG_CACHE_HOME"), *run;
-    if (out == NULL)
-        goto fail;
-    if (!absolute(base)) {
-        PyObject *home = env_get(env, "HOME");
-        Py_CLEAR(base);
-        if (home == NULL) {
-            PyObject *tilde = PyUnicode_FromString("~");
-            home = tilde == NULL ? NULL : call_os_path("expanduser", tilde);
+    char home[PATH_MAX];
+    int n = 0, rc = env_bytes(env, "XDG_CACHE_HOME", out[0], PATH_MAX - 32);
+    if (rc < 0)
+        return -1;
+    if (rc == 0 || out[0][0] != '/') {
+        rc = env_bytes(env, "HOME", home, PATH_MAX - 40);
+        if (rc < 0)
+            return -1;
+        if (rc == 0 || home[0] == 0) {  /* no HOME: as os.path.expanduser("~") says */
+            PyObject *tilde = PyUnicode_FromString("~"), *h = NULL, *b = NULL;
+            h = tilde == NULL ? NULL : call_os_path("expanduser", tilde);
+            b = h == NULL ? NULL : PyUnicode_EncodeFSDefault(h);
             Py_XDECREF(tilde);
-            if (home == NULL)
-                goto fail;
+            Py_XDECREF(h);
+            if (b == NULL)
+                return -1;
+            home[0] = 0;
+            if ((size_t)PyBytes_GET_SIZE(b) < PATH_MAX - 40)
+                strcpy(home, PyBytes_AS_STRING(b));
+            Py_DECREF(b);
         }
-        if (absolute(home))
-            base = PyUnicode_FromFormat("%U/.cache", home);
-        Py_DECREF(home);
-        if (base == NULL && PyErr_Occurred())
-            goto fail;
+        out[0][0] = 0;
+        if (home[0] == '/')
+            snprintf(out[0], PATH_MAX, "%s/.cache", home);
     }
-    if (base != NULL) {
-        PyObject *t = Py_BuildValue("(OO)", base, Py_False);
-        if (t == NULL || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
-            goto fail;
-        }
-        Py_DECREF(t);
-    }
-    run = env_get(env, "XDG_RUNTIME_DIR");
-    if (absolute(run) && (base == NULL || PyUnicode_Compare(run, base) != 0)) {
-        PyObject *t = Py_BuildValue("(OO)", run, Py_True);
-        if (t == NULL || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
-            Py_DECREF(run);
-            goto fail;
-        }
-        Py_DECREF(t);
-    }
-    Py_XDECREF(run);
-    Py_XDECREF(base);
-    return out;
-fail:
-    Py_XDECREF(out);
-    Py_XDECREF(base);
-    return NULL;
+    if (out[0][0] == '/')
+        must_be_private[n++] = 0;
+    rc = env_bytes(env, "XDG_RUNTIME_DIR", out[n], PATH_MAX - 32);
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && out[n][0] == '/' && (n == 0 || strcmp(out[0], out[1]) != 0))
+        must_be_private[n++] = 1;
+    return n;
 }
 
+/* cache_bases(env) -> [(folder, must_be_private)] */
 static PyObject *py_cache_bases(PyObject *self, PyObject *env)
 {
-    return cache_bases_impl(env);
+    char out[2][PATH_MAX];
+    int priv[2], n = bases(env, out, priv), i;
+    PyObject *list = n < 0 ? NULL : PyList_New(0);
+    for (i = 0; list != NULL && i < n; i++) {
+        PyObject *t = Py_BuildValue("(NO)", PyUnicode_DecodeFSDefault(out[i]), priv[i] ? Py_True : Py_False);
+        if (t == NULL || PyList_Append(list, t) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(t);
+    }
+    return list;
 }
 
 /* A private file of this user's (regular, mode 0600 or less, singly linked, at most limit bytes), opened without
- * following a symlink and non-blocking (a FIFO in its place cannot hang): new bytes, or Py_None. */
-static PyObject *read_private_impl(int dir_fd, const char *name, Py_ssize_t limit)
+ * following a symlink and non-blocking (a FIFO in its place cannot hang): its length, read into buf (limit + 1
+ * bytes), or -1 where there is none such. */
+static ssize_t read_private_c(int dir_fd, const char *name, char *buf, size_t limit)
 {
     struct stat st;
-    PyObject *data = NULL;
+    ssize_t n = -1;
     int fd = openat(dir_fd, name, FD_O_READ | O_NOFOLLOW);
     if (fd < 0)
-        Py_RETURN_NONE;
+        return -1;
     if (fstat(fd, &st) == 0 && (st.st_mode & 0170077) == 0100000 && st.st_uid == geteuid() && st.st_nlink == 1 &&
-        st.st_size <= limit) {
-        char *buf = (char *)PyMem_Malloc((size_t)limit + 1);
-        ssize_t n;
-        if (buf == NULL) {
-            close(fd);
-            return PyErr_NoMemory();
-        }
-        n = read(fd, buf, (size_t)limit + 1);
-        if (n >= 0)
-            data = PyBytes_FromStringAndSize(buf, n);
-        PyMem_Free(buf);
-    }
+        st.st_size >= 0 && (unsigned long long)st.st_size <= limit)
+        n = read(fd, buf, limit + 1);
     close(fd);
-    if (data == NULL && !PyErr_Occurred()) {
-        Py_INCREF(Py_None);
-        data = Py_None;
-    }
-    return data;
+    return n;
 }
 
 static PyObject *py_read_private(PyObject *self, PyObject *args)
 {
-    PyObject *dir, *name, *bname, *r;
+    PyObject *dir, *name, *bname, *r = NULL;
     Py_ssize_t limit;
     int dir_fd = AT_FDCWD;
+    char *buf;
+    ssize_t n;
     if (!PyArg_ParseTuple(args, "OOn:read_private", &dir, &name, &limit))
         return NULL;
     if (dir != Py_None) {
@@ -567,10 +636,22 @@ static PyObject *py_read_private(PyObject *self, PyObject *args)
         if (dir_fd == -1 && PyErr_Occurred())
             return NULL;
     }
+    if (limit < 0)
+        limit = 0;
     if (!PyUnicode_FSConverter(name, &bname))
         return NULL;
-    r = read_private_impl(dir_fd, PyBytes_AS_STRING(bname), limit < 0 ? 0 : limit);
+    buf = (char *)PyMem_Malloc((size_t)limit + 1);
+    if (buf == NULL) {
+        Py_DECREF(bname);
+        return PyErr_NoMemory();
+    }
+    n = read_private_c(dir_fd, PyBytes_AS_STRING(bname), buf, (size_t)limit);
     Py_DECREF(bname);
+    if (n >= 0)
+        r = PyBytes_FromStringAndSize(buf, n);
+    else
+        r = Py_NewRef(Py_None);
+    PyMem_Free(buf);
     return r;
 }
 
@@ -583,7 +664,7 @@ static PyObject *py_read_private(PyObject *self, PyObject *args)
  *
  *     fatdispatch-pick 3
  *     <variants folder>
- *     <key: what the decision rests on, see pick_key>
+ *     <key: what the decision rests on, see key_text>
  *     <build name>
  *     <path of the build file>
  *     <its real path>
@@ -598,6 +679,8 @@ static PyObject *py_read_private(PyObject *self, PyObject *args)
  * it, it is a pick this user's fatdispatch wrote for this folder (the chain's own rules matter where entries are
  * written and pruned: fatdispatch._privfile). */
 
+#define KEY_MAX 3072
+
 static int fatdispatch_variables(void)
 {
     char **e;
@@ -607,144 +690,93 @@ static int fatdispatch_variables(void)
     return 0;
 }
 
-/* pick_name(variants_dir): the entry's name, from the folder's device and inode (OSError where it is gone). */
-static PyObject *pick_name_impl(PyObject *variants_dir)
+/* The entry's name, from the folder's device and inode: 0, or -1 with errno where the folder is gone. */
+static int pick_name_c(const char *folder, char *out, size_t n)
 {
     struct stat st;
-    if (stat_str(variants_dir, &st) != 0)
-        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, variants_dir);
-    char name[48];
-    snprintf(name, sizeof(name), "%llx-%llx", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
-    return PyUnicode_FromString(name);
+    if (stat(folder, &st) != 0)
+        return -1;
+    snprintf(out, n, "%llx-%llx", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+    return 0;
 }
 
 static PyObject *py_pick_name(PyObject *self, PyObject *arg)
 {
-    PyObject *path = path_str(arg), *r;
+    PyObject *path = path_str(arg), *b;
+    char name[48];
+    int rc;
     if (path == NULL)
         return NULL;
-    r = pick_name_impl(path);
+    b = fs_bytes(path);
+    rc = b == NULL ? 0 : pick_name_c(PyBytes_AS_STRING(b), name, sizeof(name));
+    Py_XDECREF(b);
+    if (b != NULL && rc != 0)
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
     Py_DECREF(path);
-    return r;
+    return b == NULL || rc != 0 ? NULL : PyUnicode_FromString(name);
 }
 
 /* The files fatdispatch decides with: this module and the decision module (an upgrade replaces both).  Where one
  * is not a file on disk (a frozen application keeps the package inside its executable), the executable stands
- * for it.  Borrowed reference, or NULL with OSError. */
-static PyObject *runtime_identity(PyObject *self)
+ * for it.  Made once per process: 0, or -1 with an exception. */
+static int runtime_identity(PyObject *self)
 {
     fd_module_state *st = STATE(self);
-    PyObject *file, *here, *files[2] = {NULL, NULL}, *parts[2] = {NULL, NULL};
+    PyObject *file, *b = NULL;
+    char paths[2][PATH_MAX];
+    fd_text t = {st->runtime_id, sizeof(st->runtime_id), 0, 0};
     struct stat sb;
     int i;
-    if (st->runtime_id != NULL)
-        return st->runtime_id;
+    if (st->runtime_id[0])
+        return 0;
+    paths[0][0] = paths[1][0] = 0;
     file = PyObject_GetAttrString(self, "__file__");
-    if (file == NULL || !PyUnicode_Check(file)) {
+    if (file == NULL)
         PyErr_Clear();
-        Py_XDECREF(file);
-        file = PyUnicode_FromString("");
-        if (file == NULL)
-            return NULL;
+    else if (PyUnicode_Check(file) && (b = PyUnicode_EncodeFSDefault(file)) == NULL)
+        PyErr_Clear();
+    Py_XDECREF(file);
+    if (b != NULL && (size_t)PyBytes_GET_SIZE(b) < PATH_MAX - 32) {
+        const char *f = PyBytes_AS_STRING(b), *slash = strrchr(f, '/');
+        int dir = slash == NULL ? 0 : (int)(slash - f);
+        snprintf(paths[0], PATH_MAX, "%s", f);
+        snprintf(paths[1], PATH_MAX, "%.*s/fatdispatch/_select.py", dir, f);
     }
-    {
-        Py_ssize_t slash = PyUnicode_FindChar(file, '/', 0, PyUnicode_GET_LENGTH(file), -1);
-        here = PyUnicode_Substring(file, 0, slash < 0 ? 0 : slash);  /* __file__.rpartition("/")[0] */
-    }
-    if (here == NULL) {
-        Py_DECREF(file);
-        return NULL;
-    }
-    files[0] = file;
-    files[1] = PyUnicode_FromFormat("%U/fatdispatch/_select.py", here);
-    Py_DECREF(here);
-    for (i = 0; i < 2 && files[1] != NULL; i++) {
-        if (PyUnicode_GET_LENGTH(files[i]) > 0 && stat_str(files[i], &sb) == 0) {
-            parts[i] = identity(&sb);
+    Py_XDECREF(b);
+    tx_str(&t, "(");
+    for (i = 0; i < 2; i++) {
+        tx_str(&t, i ? ", " : "");
+        if (paths[i][0] && stat(paths[i], &sb) == 0) {
+            tx_identity(&t, &sb);
         } else {
-            PyObject *exe = PySys_GetObject("executable");  /* borrowed */
-            if (exe == NULL || !PyUnicode_Check(exe) || stat_str(exe, &sb) != 0) {
-                PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, exe);
-                break;
+            PyObject *exe = PySys_GetObject("executable"), *eb;  /* borrowed */
+            int ok = 0;
+            if (exe != NULL && PyUnicode_Check(exe) && (eb = PyUnicode_EncodeFSDefault(exe)) != NULL) {
+                ok = stat(PyBytes_AS_STRING(eb), &sb) == 0;
+                Py_DECREF(eb);
             }
-            PyObject *exe_id = identity(&sb);
-            parts[i] = exe_id == NULL ? NULL : PyUnicode_FromFormat("('exe', %U)", exe_id);
-            Py_XDECREF(exe_id);
-        }
-        if (parts[i] == NULL)
-            break;
-    }
-    if (parts[0] != NULL && parts[1] != NULL)
-        st->runtime_id = PyUnicode_FromFormat("(%U, %U)", parts[0], parts[1]);
-    Py_XDECREF(files[0]);
-    Py_XDECREF(files[1]);
-    Py_XDECREF(parts[0]);
-    Py_XDECREF(parts[1]);
-    return st->runtime_id;
-}
-
-/* An item of a mapping, or (optional) None where it is missing: new reference. */
-static PyObject *item(PyObject *map, const char *key, int optional)
-{
-    PyObject *k = PyUnicode_FromString(key), *v;
-    if (k == NULL)
-        return NULL;
-    v = PyObject_GetItem(map, k);
-    Py_DECREF(k);
-    if (v == NULL && optional && PyErr_ExceptionMatches(PyExc_KeyError)) {
-        PyErr_Clear();
-        Py_INCREF(Py_None);
-        v = Py_None;
-    }
-    return v;
-}
-
-/* cpu_words(raw): the raw CPUID/XCR0 facts of this process (cpu()["raw"]), the APIC id masked (CPUID.1:EBX bits
- * 31-24 say which core ran CPUID, not a feature). */
-static PyObject *cpu_words_impl(PyObject *raw)
-{
-    static const char *const keys[9] = {"max_leaf", "vendor", "max_ext", "xcr0", "amx_permission", "1", "7", "7.1",
-                                        "0x80000001"};
-    PyObject *out = PyTuple_New(9);
-    int i;
-    if (out == NULL)
-        return NULL;
-    for (i = 0; i < 9; i++) {
-        PyObject *v = item(raw, keys[i], i == 3 || i == 4);
-        if (v != NULL && i == 5) {
-            PyObject *seq = PySequence_Tuple(v), *masked = NULL;
-            Py_DECREF(v);
-            v = NULL;
-            if (seq != NULL && PyTuple_GET_SIZE(seq) == 4) {
-                PyObject *mask = PyLong_FromUnsignedLong(0x00FFFFFFul);
-                PyObject *ebx = mask == NULL ? NULL : PyNumber_And(PyTuple_GET_ITEM(seq, 1), mask);
-                Py_XDECREF(mask);
-                if (ebx != NULL)
-                    masked = PyTuple_Pack(4, PyTuple_GET_ITEM(seq, 0), ebx, PyTuple_GET_ITEM(seq, 2),
-                                          PyTuple_GET_ITEM(seq, 3));
-                Py_XDECREF(ebx);
-            } else if (seq != NULL) {
-                PyErr_SetString(PyExc_ValueError, "CPUID leaf 1 must be 4 words");
+            if (!ok) {
+                if (!PyErr_Occurred())
+                    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, exe);
+                st->runtime_id[0] = 0;
+                return -1;
             }
-            Py_XDECREF(seq);
-            v = masked;
+            tx_str(&t, "('exe', ");
+            tx_identity(&t, &sb);
+            tx_str(&t, ")");
         }
-        if (v == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(out, i, v);
     }
-    return out;
+    tx_str(&t, ")");
+    if (t.full) {
+        st->runtime_id[0] = 0;
+        PyErr_SetString(PyExc_ValueError, "fatdispatch's own paths are too long for the pick key");
+        return -1;
+    }
+    return 0;
 }
 
-static PyObject *py_cpu_words(PyObject *self, PyObject *raw)
-{
-    return cpu_words_impl(raw);
-}
-
-/* Up to 4 KiB of a small file as text, or "-". */
-static PyObject *small_file(const char *path)
+/* Up to 4 KiB of a small file, as one word of the key, or "-". */
+static void tx_small_file(fd_text *t, const char *path)
 {
     char buf[4096];
     ssize_t n = -1;
@@ -753,73 +785,101 @@ static PyObject *small_file(const char *path)
         n = read(fd, buf, sizeof(buf));
         close(fd);
     }
-    return n < 0 ? PyUnicode_FromString("-") : PyUnicode_DecodeUTF8(buf, n, "replace");
+    if (n < 0)
+        tx_str(t, "-");
+    else
+        tx_word(t, buf, (size_t)n);
 }
 
-/* The names in a folder, sorted and joined by commas, or "-" where it cannot be read. */
-static PyObject *folder_names(const char *path)
+static int by_name(const void *a, const void *b)
 {
-    DIR *d = opendir(path);
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The names in a folder, sorted and joined by commas, as one word, or "-" where it cannot be read. */
+static void tx_folder_names(fd_text *t, const char *path)
+{
+    char (*names)[256], *sorted[64];
+    int n = 0, i;
     struct dirent *e;
-    PyObject *names, *sep, *out;
-    if (d == NULL)
-        return PyUnicode_FromString("-");
-    names = PyList_New(0);
-    while (names != NULL && (e = readdir(d)) != NULL) {
-        PyObject *n;
+    DIR *d = opendir(path);
+    if (d == NULL) {
+        tx_str(t, "-");
+        return;
+    }
+    if ((names = malloc(64 * sizeof(*names))) == NULL) {
+        closedir(d);
+        t->full = 1;
+        return;
+    }
+    while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
-        n = PyUnicode_DecodeFSDefault(e->d_name);
-        if (n == NULL || PyList_Append(names, n) < 0)
-            Py_CLEAR(names);
-        Py_XDECREF(n);
+        if (n == 64 || strlen(e->d_name) >= sizeof(names[0])) {
+            t->full = 1;  /* more GPUs than a key holds: no key, no pick */
+            break;
+        }
+        strcpy(names[n], e->d_name);
+        sorted[n] = names[n];
+        n++;
     }
     closedir(d);
-    if (names == NULL || PyList_Sort(names) < 0 || (sep = PyUnicode_FromString(",")) == NULL) {
-        Py_XDECREF(names);
-        return NULL;
+    qsort(sorted, (size_t)n, sizeof(sorted[0]), by_name);
+    for (i = 0; i < n; i++) {
+        tx_str(t, i ? "," : "");
+        tx_word(t, sorted[i], strlen(sorted[i]));
     }
-    out = PyUnicode_Join(sep, names);
-    Py_DECREF(sep);
-    Py_DECREF(names);
-    return out;
+    free(names);
 }
 
-/* gpu_facts_key(env): what the GPU facts of this process rest on, without asking the driver: no driver at all;
- * or the boot, the driver's version, the set of GPUs (names only: reading files there can wake a GPU), WSL's
- * driver library, and CUDA's visibility variables. */
-static PyObject *gpu_facts_key_impl(PyObject *env)
+/* What the GPU facts of this process rest on, without asking the driver: no driver at all; or the boot, the
+ * driver's version, the set of GPUs (names only: reading files there can wake a GPU), WSL's driver library, and
+ * CUDA's visibility variables ("" is not unset: it hides every GPU).  0, or -1 with an exception. */
+static int tx_gpu_facts(fd_text *t, PyObject *env)
 {
+    static const char *const vars[2] = {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"};
+    char value[1024];
     struct stat wsl;
     int have_proc = access(LINUX_DRIVER_FILES[0], F_OK) == 0, have_wsl = stat(LINUX_DRIVER_FILES[1], &wsl) == 0;
-    PyObject *boot, *version, *gpus, *wsl_id, *vis, *order, *t, *r;
-    if (!have_proc && !have_wsl)
-        return PyUnicode_FromString("no-driver");
-    boot = small_file("/proc/sys/kernel/random/boot_id");
-    version = small_file(LINUX_DRIVER_FILES[0]);
-    gpus = folder_names("/proc/driver/nvidia/gpus");
-    wsl_id = have_wsl ? identity(&wsl) : (Py_INCREF(Py_None), Py_None);
-    vis = env_value(env, "CUDA_VISIBLE_DEVICES", 0);  /* "" (no GPU visible) is not unset */
-    order = env_value(env, "CUDA_DEVICE_ORDER", 0);
-    if (boot == NULL || version == NULL || gpus == NULL || wsl_id == NULL) {
-        Py_XDECREF(boot); Py_XDECREF(version); Py_XDECREF(gpus); Py_XDECREF(wsl_id);
-        Py_XDECREF(vis); Py_XDECREF(order);
-        return NULL;
+    int i;
+    if (!have_proc && !have_wsl) {
+        tx_str(t, "no-driver");
+        return 0;
     }
-    t = Py_BuildValue("(sNNNNOO)", "driver", boot, version, gpus, wsl_id, vis ? vis : Py_None,
-                      order ? order : Py_None);
-    Py_XDECREF(vis);
-    Py_XDECREF(order);
-    if (t == NULL)
-        return NULL;
-    r = PyObject_Repr(t);
-    Py_DECREF(t);
-    return r;
+    tx_str(t, "driver ");
+    tx_small_file(t, "/proc/sys/kernel/random/boot_id");
+    tx_str(t, " ");
+    tx_small_file(t, LINUX_DRIVER_FILES[0]);
+    tx_str(t, " ");
+    tx_folder_names(t, "/proc/driver/nvidia/gpus");
+    tx_str(t, " ");
+    if (have_wsl)
+        tx_identity(t, &wsl);
+    else
+        tx_str(t, "-");
+    for (i = 0; i < 2; i++) {
+        int rc = env_bytes(env, vars[i], value, sizeof(value));
+        if (rc < 0)
+            return -1;
+        tx_str(t, rc ? " =" : " -");
+        if (rc)
+            tx_word(t, value, strlen(value));
+    }
+    return 0;
 }
 
+/* gpu_facts_key(env) */
 static PyObject *py_gpu_facts_key(PyObject *self, PyObject *env)
 {
-    return gpu_facts_key_impl(env);
+    char buf[KEY_MAX];
+    fd_text t = {buf, sizeof(buf), 0, 0};
+    if (tx_gpu_facts(&t, env) < 0)
+        return NULL;
+    if (t.full) {
+        PyErr_SetString(PyExc_ValueError, "the GPU facts do not fit a pick key");
+        return NULL;
+    }
+    return PyUnicode_DecodeASCII(buf, (Py_ssize_t)t.len, "strict");
 }
 
 /* driver_present() -> (present, why not): one cheap check for an installed NVIDIA driver, before anything of the
@@ -836,56 +896,91 @@ static PyObject *py_driver_present(PyObject *self, PyObject *unused)
 #endif
 }
 
-/* pick_key(variants_dir, raw, cuda, env): everything a pick rests on besides the build file: the interpreter,
- * fatdispatch's own files, the manifest's identity, this process's raw CPU words and, for a module with CUDA
- * builds, the GPU facts. */
-static PyObject *pick_key_impl(PyObject *self, PyObject *variants_dir, PyObject *raw, int cuda, PyObject *env)
+/* The key: everything a pick rests on besides the build file: the interpreter, fatdispatch's own files, the
+ * manifest's identity, the raw CPU words (this process's, raw NULL, or a raw dict's) and, for a module with CUDA
+ * builds, the GPU facts; and *usable, the mask of the features those words make usable.  0, or -1 with an
+ * exception (OSError where the manifest is gone). */
+static int key_text(PyObject *self, const char *folder, PyObject *raw, int cuda, PyObject *env, fd_text *t,
+                    unsigned long long *usable)
 {
-    PyObject *impl = PySys_GetObject("implementation"), *tag, *rid, *manifest, *ident, *words, *gpu, *t, *r;
+    fd_module_state *st = STATE(self);
+    char manifest[PATH_MAX], words[512];
     struct stat sb;
-    if (impl == NULL || (tag = PyObject_GetAttrString(impl, "cache_tag")) == NULL)
-        return NULL;
-    rid = runtime_identity(self);
-    manifest = rid == NULL ? NULL : PyUnicode_FromFormat("%U/" MANIFEST_NAME, variants_dir);
-    if (manifest == NULL) {
-        Py_DECREF(tag);
-        return NULL;
+    int n;
+    if (runtime_identity(self) < 0)
+        return -1;
+    if (snprintf(manifest, sizeof(manifest), "%s/" MANIFEST_NAME, folder) >= (int)sizeof(manifest) ||
+        stat(manifest, &sb) != 0) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, manifest);
+        return -1;
     }
-    if (stat_str(manifest, &sb) != 0) {
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, manifest);
-        Py_DECREF(manifest);
-        Py_DECREF(tag);
-        return NULL;
+#ifdef FD_X86
+    if ((n = fd_words(raw, words, sizeof(words), usable)) < 0)
+        return -1;
+#else
+    PyErr_SetString(PyExc_OSError, "pick keys hold x86 CPUID words: there are none on this machine");
+    return -1;
+#endif
+    tx_str(t, st->cache_tag);
+    tx_str(t, " ");
+    tx_num(t, st->hexversion, 0);
+    tx_str(t, " ");
+    tx_str(t, st->runtime_id);
+    tx_str(t, " ");
+    tx_identity(t, &sb);
+    tx_str(t, " ");
+    tx_bytes(t, words, (size_t)n);
+    tx_str(t, " ");
+    if (!cuda)
+        tx_str(t, "-");
+    else if (tx_gpu_facts(t, env) < 0)
+        return -1;
+    if (t->full) {
+        PyErr_SetString(PyExc_ValueError, "what the pick rests on does not fit its key");
+        return -1;
     }
-    Py_DECREF(manifest);
-    ident = identity(&sb);
-    words = ident == NULL ? NULL : cpu_words_impl(raw);
-    gpu = words == NULL ? NULL : (cuda ? gpu_facts_key_impl(env) : (Py_INCREF(Py_None), Py_None));
-    if (gpu == NULL) {
-        Py_DECREF(tag);
-        Py_XDECREF(ident);
-        Py_XDECREF(words);
-        return NULL;
-    }
-    t = Py_BuildValue("(NOONNN)", tag, PySys_GetObject("hexversion"), rid, ident, words, gpu);
-    if (t == NULL)
-        return NULL;
-    r = PyObject_Repr(t);
-    Py_DECREF(t);
-    return r;
+    return 0;
 }
 
+/* pick_key(variants_dir, raw, cuda, env) */
 static PyObject *py_pick_key(PyObject *self, PyObject *args)
 {
-    PyObject *arg, *raw, *env, *dir, *r;
-    int cuda;
-    if (!PyArg_ParseTuple(args, "OOpO:pick_key", &arg, &raw, &cuda, &env))
+    PyObject *arg, *raw, *env, *dir, *b;
+    char buf[KEY_MAX];
+    fd_text t = {buf, sizeof(buf), 0, 0};
+    unsigned long long usable;
+    int cuda, rc;
+    if (!PyArg_ParseTuple(args, "OO!pO:pick_key", &arg, &PyDict_Type, &raw, &cuda, &env))
         return NULL;
     if ((dir = path_str(arg)) == NULL)
         return NULL;
-    r = pick_key_impl(self, dir, raw, cuda, env);
+    b = fs_bytes(dir);
     Py_DECREF(dir);
-    return r;
+    if (b == NULL)
+        return NULL;
+    rc = key_text(self, PyBytes_AS_STRING(b), raw, cuda, env, &t, &usable);
+    Py_DECREF(b);
+    return rc < 0 ? NULL : PyUnicode_DecodeASCII(buf, (Py_ssize_t)t.len, "strict");
+}
+
+/* cpu_words(raw): the key's CPU words of a raw dict (what x86() returns), the APIC id masked. */
+static PyObject *py_cpu_words(PyObject *self, PyObject *raw)
+{
+    char words[512];
+    unsigned long long usable;
+    int n;
+    if (!PyDict_Check(raw)) {
+        PyErr_SetString(PyExc_TypeError, "cpu_words() takes the dict x86() returns");
+        return NULL;
+    }
+#ifdef FD_X86
+    n = fd_words(raw, words, sizeof(words), &usable);
+    return n < 0 ? NULL : PyUnicode_DecodeASCII(words, n, "strict");
+#else
+    (void)usable, (void)n, (void)words;
+    PyErr_SetString(PyExc_OSError, "there are no CPUID words on this machine");
+    return NULL;
+#endif
 }
 
 /* pick_entry(variants_dir, key, build, path, real, ident, machine, features, amx, cuda): the entry for a clean
@@ -942,84 +1037,92 @@ static PyObject *py_pick_entry(PyObject *self, PyObject *args)
     Py_DECREF(list);
     if (text == NULL)
         return NULL;
-    r = PyUnicode_AsEncodedString(text, "utf-8", "surrogateescape");
+    r = PyUnicode_EncodeFSDefault(text);  /* as the hit compares it: file-system bytes */
     Py_DECREF(text);
     return r;
 }
 
-/* read_pick(variants_dir, env): the entry of variants_dir as its lines (eleven, and "" after the last newline),
- * or None. */
-static PyObject *read_pick_impl(PyObject *variants_dir, PyObject *env)
+typedef struct {
+    const char *p;
+    size_t n;
+} fd_span;
+
+/* The buffers of one entry read (on the heap: an import may run in a thread with a small stack). */
+typedef struct {
+    char entry[PICKS_LIMIT + 1];
+    char base[2][PATH_MAX];
+    char path[PATH_MAX + 64];
+} fd_scratch;
+
+/* The entry of a variants folder (file-system bytes), read into buf (PICKS_LIMIT + 1 bytes) and cut into its
+ * lines: 1, or 0 where there is no entry of this user's for this very folder (none, not private, not for this
+ * folder, not eleven lines), or -1 with an exception. */
+static int read_entry(PyObject *env, const char *folder, fd_scratch *s, fd_span lines[ENTRY_FIELDS])
 {
-    PyObject *name = pick_name_impl(variants_dir), *bases, *result = NULL;
-    Py_ssize_t i;
-    if (name == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_OSError))
-            return NULL;
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    bases = cache_bases_impl(env);
-    for (i = 0; bases != NULL && i < PyList_GET_SIZE(bases) && result == NULL; i++) {
-        PyObject *base = PyTuple_GET_ITEM(PyList_GET_ITEM(bases, i), 0);
-        PyObject *path = PyUnicode_FromFormat("%U/" CACHE_DIR "/" PICKS_DIR "/%U", base, name), *b, *data, *text;
-        if (path == NULL || (b = fs_bytes(path)) == NULL) {
-            Py_XDECREF(path);
-            break;
-        }
-        Py_DECREF(path);
-        data = read_private_impl(AT_FDCWD, PyBytes_AS_STRING(b), PICKS_LIMIT);
-        Py_DECREF(b);
-        if (data == NULL)
-            break;
-        if (data == Py_None) {
-            Py_DECREF(data);
+    char name[48], *buf = s->entry;
+    int priv[2], nbases, i;
+    if (pick_name_c(folder, name, sizeof(name)) != 0)
+        return 0;
+    if ((nbases = bases(env, s->base, priv)) < 0)
+        return -1;
+    for (i = 0; i < nbases; i++) {
+        ssize_t n;
+        size_t at = 0;
+        int k;
+        snprintf(s->path, sizeof(s->path), "%s/" CACHE_DIR "/" PICKS_DIR "/%s", s->base[i], name);
+        n = read_private_c(AT_FDCWD, s->path, buf, PICKS_LIMIT);
+        if (n <= 0 || buf[n - 1] != '\n')
             continue;
+        for (k = 0; k < ENTRY_FIELDS && at < (size_t)n; k++) {
+            const char *nl = memchr(buf + at, '\n', (size_t)n - at);
+            lines[k].p = buf + at;
+            lines[k].n = (size_t)(nl - (buf + at));
+            at += lines[k].n + 1;
         }
-        text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), "surrogateescape");
-        Py_DECREF(data);
-        if (text == NULL)
-            break;
-        {
-            PyObject *nl = PyUnicode_FromString("\n");
-            PyObject *lines = nl == NULL ? NULL : PyUnicode_Split(text, nl, -1);
-            Py_XDECREF(nl);
-            Py_DECREF(text);
-            if (lines == NULL)
-                break;
-            if (PyList_GET_SIZE(lines) == ENTRY_FIELDS + 1 &&
-                PyUnicode_CompareWithASCIIString(PyList_GET_ITEM(lines, 0), PICKS_FORMAT) == 0 &&
-                PyUnicode_Compare(PyList_GET_ITEM(lines, 1), variants_dir) == 0 &&
-                PyUnicode_GET_LENGTH(PyList_GET_ITEM(lines, ENTRY_FIELDS)) == 0)
-                result = lines;
-            else
-                Py_DECREF(lines);
-        }
+        if (k == ENTRY_FIELDS && at == (size_t)n && lines[0].n == strlen(PICKS_FORMAT) &&
+            memcmp(lines[0].p, PICKS_FORMAT, lines[0].n) == 0 && lines[1].n == strlen(folder) &&
+            memcmp(lines[1].p, folder, lines[1].n) == 0)
+            return 1;
     }
-    Py_DECREF(name);
-    if (bases == NULL || PyErr_Occurred()) {
-        Py_XDECREF(bases);
-        Py_XDECREF(result);
-        return NULL;
-    }
-    Py_DECREF(bases);
-    if (result == NULL) {
-        Py_INCREF(Py_None);
-        result = Py_None;
-    }
-    return result;
+    return 0;
 }
 
+/* read_pick(variants_dir, env): the entry's lines (eleven, and "" after the last newline), or None. */
 static PyObject *py_read_pick(PyObject *self, PyObject *args)
 {
-    PyObject *arg, *env, *dir, *r;
+    PyObject *arg, *env, *dir, *b, *list;
+    fd_scratch *s;
+    fd_span lines[ENTRY_FIELDS];
+    int rc, k;
     if (!PyArg_ParseTuple(args, "OO:read_pick", &arg, &env))
         return NULL;
     if ((dir = path_str(arg)) == NULL)
         return NULL;
-    r = read_pick_impl(dir, env);
+    b = fs_bytes(dir);
     Py_DECREF(dir);
-    return r;
+    if (b == NULL)
+        return NULL;
+    if ((s = (fd_scratch *)PyMem_Malloc(sizeof(*s))) == NULL) {
+        Py_DECREF(b);
+        return PyErr_NoMemory();
+    }
+    rc = read_entry(env, PyBytes_AS_STRING(b), s, lines);
+    Py_DECREF(b);
+    if (rc <= 0) {
+        PyMem_Free(s);
+        return rc < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    list = PyList_New(ENTRY_FIELDS + 1);
+    for (k = 0; list != NULL && k <= ENTRY_FIELDS; k++) {
+        PyObject *line = k < ENTRY_FIELDS ? PyUnicode_DecodeFSDefaultAndSize(lines[k].p, (Py_ssize_t)lines[k].n)
+                                          : PyUnicode_FromStringAndSize("", 0);
+        if (line == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, k, line);
+    }
+    PyMem_Free(s);
+    return list;
 }
 
 /* A failure that means "no hit": the full path decides afresh, records any failure, and forgets the entry. */
@@ -1034,110 +1137,99 @@ static int miss(void)
     return 0;
 }
 
-/* Whether the entry's fields describe a build this process may load now (1), may not (0), or an error (-1).
- * A hit is never weaker than a miss: an entry of this user's for this folder under an unchanged key; the named
- * build's requirements checked against this process's CPU; its file, under the folder by its path, the very
- * inode that passed check_build (confinement included) when the entry was written: same device, inode, size,
- * mtime, ctime and link count, so not rewritten, re-linked, moved or swapped for another file behind a
- * symlinked folder; and passing check_build's file checks again (regular file, ELF header, segments). */
-static int entry_holds(PyObject *self, PyObject *variants_dir, PyObject *lines, PyObject *env)
+static int span_is(const fd_span *s, const char *text)
 {
-#ifdef FD_X86
-    PyObject *key = PyList_GET_ITEM(lines, 2), *path = PyList_GET_ITEM(lines, 4);
-    PyObject *ident = PyList_GET_ITEM(lines, 6), *machine = PyList_GET_ITEM(lines, 7);
-    PyObject *needs = PyList_GET_ITEM(lines, 8), *cuda = PyList_GET_ITEM(lines, 10);
-    PyObject *raw, *fresh, *prefix, *checked;
+    return s->n == strlen(text) && memcmp(s->p, text, s->n) == 0;
+}
+
+/* Whether an entry names a build this process may load now: 1 (then path and machine hold its file and ELF
+ * machine), 0, or -1 with an exception.  A hit is never weaker than a miss: an entry of this user's for this
+ * folder under an unchanged key; the named build's requirements checked against this process's CPU; its file,
+ * under the folder by its path, the very inode that passed check_build (confinement included) when the entry
+ * was written: same device, inode, size, mtime, ctime and link count, so not rewritten, re-linked, moved or
+ * swapped for another file behind a symlinked folder; and passing check_build's file checks again (regular
+ * file, ELF header, segments inside it). */
+static int entry_holds(PyObject *self, const char *folder, const fd_span *lines, char *path, char *machine)
+{
+    char buf[KEY_MAX], why[200], ident[160];
+    fd_text t = {buf, sizeof(buf), 0, 0}, id = {ident, sizeof(ident), 0, 0};
+    const fd_span *file = &lines[4], *mach = &lines[7];
+    size_t flen = strlen(folder);
     unsigned long long usable = 0;
-    const char *machine_s;
-    int ok, cuda_flag;
-    cuda_flag = PyUnicode_CompareWithASCIIString(cuda, "1") == 0;
-    if (!cuda_flag && PyUnicode_CompareWithASCIIString(cuda, "0") != 0)
+    struct stat st;
+    int cuda = span_is(&lines[10], "1"), fd, rc;
+    if ((!cuda && !span_is(&lines[10], "0")) || !(span_is(&lines[9], "0") || span_is(&lines[9], "1")) ||
+        file->n <= flen + 1 || file->n >= PATH_MAX || memcmp(file->p, folder, flen) != 0 || file->p[flen] != '/' ||
+        memchr(file->p, 0, file->n) != NULL || mach->n == 0 || mach->n >= 32)
         return 0;
-    prefix = PyUnicode_FromFormat("%U/", variants_dir);
-    if (prefix == NULL)
+    if (key_text(self, folder, NULL, cuda, NULL, &t, &usable) < 0)
         return -1;
-    ok = (int)PyUnicode_Tailmatch(path, prefix, 0, PY_SSIZE_T_MAX, -1);
-    Py_DECREF(prefix);
-    if (ok <= 0)
-        return ok;
-    raw = fd_raw_usable(self, &usable);  /* this process's CPU, read now: the words cpu()["raw"] holds */
-    fresh = raw == NULL ? NULL : pick_key_impl(self, variants_dir, raw, cuda_flag, env);
-    Py_XDECREF(raw);
-    if (fresh == NULL)
-        return -1;
-    ok = PyUnicode_Compare(fresh, key) == 0;
-    Py_DECREF(fresh);
-    if (ok && PyUnicode_GET_LENGTH(needs) > 0) {  /* the build's requirements, against the usable features */
-        PyObject *sp = PyUnicode_FromString(" "), *want = sp == NULL ? NULL : PyUnicode_Split(needs, sp, -1);
-        Py_XDECREF(sp);
-        ok = want == NULL ? -1 : fd_all_usable(usable, want);
-        Py_XDECREF(want);
-        if (ok < 0)
-            return -1;
-    }
-    if (!ok)
+#ifdef FD_X86
+    if (t.len != lines[2].n || memcmp(buf, lines[2].p, t.len) != 0 ||
+        !fd_names_usable(usable, lines[8].p, lines[8].n))
         return 0;
-    machine_s = PyUnicode_AsUTF8(machine);
-    if (machine_s == NULL)
-        return -1;
-    checked = check_build_impl(path, Py_None, machine_s);
-    if (checked == NULL)
-        return -1;
-    ok = PyTuple_GET_ITEM(checked, 2) == Py_None && PyUnicode_Compare(PyTuple_GET_ITEM(checked, 0), ident) == 0 &&
-         PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(checked, 1)) == 0;
-    Py_DECREF(checked);
-    return ok;
 #else
-    return 0;
+    return 0;  /* (key_text said no already: picks are x86-64 only) */
 #endif
+    memcpy(path, file->p, file->n);
+    path[file->n] = 0;
+    memcpy(machine, mach->p, mach->n);
+    machine[mach->n] = 0;
+    if ((fd = open(path, FD_O_READ)) < 0)
+        return 0;
+    rc = check_fd(fd, machine, &st, why, sizeof(why), 0);
+    close(fd);
+    if (rc != 0)
+        return 0;
+    tx_identity(&id, &st);
+    return id.len == lines[6].n && memcmp(ident, lines[6].p, id.len) == 0;
 }
 
 /* Bind spec.name from the pick cache: the module (new reference), Py_None where the cache does not answer (no
  * entry, or anything it rests on changed), or NULL with an error the import should see. */
 static PyObject *load_cached(PyObject *self, PyObject *spec, PyObject *name, PyObject *variants_dir)
 {
-    PyObject *sysmod, *env = NULL, *lines, *module = NULL, *build, *path, *amx, *hit, *logging;
-    int holds;
+    char machine[32];
+    fd_scratch *s;
+    fd_span lines[ENTRY_FIELDS];
+    PyObject *folder, *module = NULL, *build = NULL, *pypath = NULL, *hit, *logging;
+    int rc;
     if (!FD_PICKS_HERE || fatdispatch_variables() || !PyUnicode_Check(variants_dir))
         Py_RETURN_NONE;
-    sysmod = PyImport_GetModuleDict();
-    lines = read_pick_impl(variants_dir, env);  /* env NULL: the process environment */
-    if (lines == NULL || lines == Py_None) {
-        if (lines == NULL && !miss())
-            return NULL;
-        Py_XDECREF(lines);
-        Py_RETURN_NONE;
-    }
-    build = PyList_GET_ITEM(lines, 3);
-    path = PyList_GET_ITEM(lines, 4);
-    amx = PyList_GET_ITEM(lines, 9);
-    holds = PyUnicode_CompareWithASCIIString(amx, "0") == 0 || PyUnicode_CompareWithASCIIString(amx, "1") == 0;
-    if (holds)
-        holds = entry_holds(self, variants_dir, lines, env);
-    if (holds > 0)
-        module = load_extension_impl(self, name, path, PyUnicode_CompareWithASCIIString(amx, "1") == 0);
-    if (holds < 0 || module == NULL) {
-        if (holds == 0 || miss()) {
-            Py_DECREF(lines);
-            Py_RETURN_NONE;
-        }
-        Py_DECREF(lines);
+    if ((s = (fd_scratch *)PyMem_Malloc(sizeof(*s))) == NULL)
+        return PyErr_NoMemory();
+    folder = PyUnicode_EncodeFSDefault(variants_dir);
+    rc = folder == NULL ? -1 : read_entry(NULL, PyBytes_AS_STRING(folder), s, lines);  /* NULL: this process's env */
+    if (rc > 0)
+        rc = entry_holds(self, PyBytes_AS_STRING(folder), lines, s->path, machine);
+    Py_XDECREF(folder);
+    if (rc > 0 && (pypath = PyUnicode_DecodeFSDefault(s->path)) != NULL &&
+        (build = PyUnicode_DecodeFSDefaultAndSize(lines[3].p, (Py_ssize_t)lines[3].n)) != NULL)
+        module = load_extension_impl(self, name, pypath, span_is(&lines[9], "1"));
+    PyMem_Free(s);
+    if (module == NULL) {
+        Py_XDECREF(pypath);
+        Py_XDECREF(build);
+        if (rc == 0 || miss())
+            Py_RETURN_NONE;  /* the full path decides afresh, records any failure, and forgets the entry */
         return NULL;
     }
-    hit = PyTuple_Pack(2, build, path);
-    if (hit == NULL || PyObject_SetAttrString(spec, "origin", path) < 0 ||
+    hit = PyTuple_Pack(2, build, pypath);
+    if (hit == NULL || PyObject_SetAttrString(spec, "origin", pypath) < 0 ||
         PyObject_SetAttrString(spec, "has_location", Py_True) < 0 ||
         PyObject_SetAttrString(module, "__fatdispatch_variant__", build) < 0 ||
         PyDict_SetItem(STATE(self)->hits, name, hit) < 0) {
         Py_XDECREF(hit);
-        Py_DECREF(lines);
+        Py_DECREF(pypath);
+        Py_DECREF(build);
         Py_DECREF(module);
         return NULL;
     }
     Py_DECREF(hit);
-    Py_DECREF(lines);
+    Py_DECREF(pypath);
+    Py_DECREF(build);
     /* An application that logs fatdispatch's DEBUG still gets every reason. */
-    logging = PyDict_GetItemString(sysmod, "logging");
+    logging = PyDict_GetItemString(PyImport_GetModuleDict(), "logging");
     if (logging != NULL) {
         PyObject *logger = PyObject_CallMethod(logging, "getLogger", "s", "fatdispatch");
         PyObject *level = logger == NULL ? NULL : PyObject_GetAttrString(logging, "DEBUG");
@@ -1352,7 +1444,7 @@ static PyObject *py_exec_module(PyObject *self, PyObject *module)
 static PyObject *py_getattr(PyObject *self, PyObject *name);
 static PyObject *py_dir(PyObject *self, PyObject *unused);
 
-static PyMethodDef fd_methods[] = {
+static PyMethodDef fd_methods[] = {  /* and cpu(), the probe of a tool that wants only the CPU */
     {"install", (PyCFunction)(void (*)(void))py_install, METH_VARARGS | METH_KEYWORDS,
      "install(package, modules=None): register the fat modules of package (names relative to it)."},
     {"find_spec", (PyCFunction)(void (*)(void))py_find_spec, METH_VARARGS | METH_KEYWORDS,
@@ -1360,6 +1452,9 @@ static PyMethodDef fd_methods[] = {
     {"invalidate_caches", py_invalidate_caches, METH_NOARGS, "Nothing to invalidate."},
     {"create_module", py_create_module, METH_O, "The loader: bind the best build of spec.name."},
     {"exec_module", py_exec_module, METH_O, "Nothing: the build's init ran in create_module."},
+#ifdef FD_X86
+    {"cpu", fd_cpu, METH_NOARGS, "This process's CPU, decoded (x86 and x86_decode together, with the level)."},
+#endif
     {"__getattr__", py_getattr, METH_O, "The module's other attributes, made on first use."},
     {"__dir__", py_dir, METH_NOARGS, "Every attribute of the module."},
     {NULL, NULL, 0, NULL}
@@ -1426,6 +1521,10 @@ static PyObject *py_getattr(PyObject *self, PyObject *name)
     if (n == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_TypeError, "attribute name must be a str");
+        return NULL;
+    }
+    if (n[0] == '_' && n[1] == '_') {  /* importlib's probes (__path__, __file__ ...): none is made here */
+        PyErr_SetObject(PyExc_AttributeError, name);
         return NULL;
     }
     for (t = 0; t < 2 && value == NULL; t++)
@@ -1495,6 +1594,17 @@ static int fd_exec(PyObject *m)
     if (st->ModuleSpec == NULL || st->ExtensionFileLoader == NULL || st->create_dynamic == NULL ||
         st->exec_dynamic == NULL || st->registry == NULL || st->hits == NULL)
         return -1;
+    {
+        PyObject *impl = PySys_GetObject("implementation"), *tag, *hex = PySys_GetObject("hexversion");  /* borrowed */
+        const char *t;
+        tag = impl == NULL ? NULL : PyObject_GetAttrString(impl, "cache_tag");
+        t = tag == NULL || !PyUnicode_Check(tag) ? NULL : PyUnicode_AsUTF8(tag);
+        snprintf(st->cache_tag, sizeof(st->cache_tag), "%s", t != NULL ? t : "-");  /* no tag: no pick can hold */
+        Py_XDECREF(tag);
+        PyErr_Clear();
+        st->hexversion = hex == NULL ? 0 : PyLong_AsUnsignedLong(hex);
+        PyErr_Clear();
+    }
     return 0;
 }
 
@@ -1505,7 +1615,6 @@ static int fd_traverse(PyObject *m, visitproc visit, void *arg)
         return 0;
     Py_VISIT(st->registry);
     Py_VISIT(st->hits);
-    Py_VISIT(st->runtime_id);
     Py_VISIT(st->ModuleSpec);
     Py_VISIT(st->ExtensionFileLoader);
     Py_VISIT(st->create_dynamic);
@@ -1520,7 +1629,6 @@ static int fd_clear(PyObject *m)
         return 0;
     Py_CLEAR(st->registry);
     Py_CLEAR(st->hits);
-    Py_CLEAR(st->runtime_id);
     Py_CLEAR(st->ModuleSpec);
     Py_CLEAR(st->ExtensionFileLoader);
     Py_CLEAR(st->create_dynamic);
