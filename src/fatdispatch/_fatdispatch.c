@@ -838,18 +838,27 @@ static void tx_folder_names(fd_text *t, const char *path)
 static int tx_gpu_facts(fd_text *t, PyObject *env)
 {
     static const char *const vars[2] = {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"};
-    char value[1024];
+    char value[1024], version[4096];
     struct stat wsl;
-    int have_proc = access(LINUX_DRIVER_FILES[0], F_OK) == 0, have_wsl = stat(LINUX_DRIVER_FILES[1], &wsl) == 0;
-    int i;
-    if (!have_proc && !have_wsl) {
-        tx_str(t, "no-driver");
-        return 0;
+    ssize_t vn = -1;
+    int i, have_wsl = 0, fd = open(LINUX_DRIVER_FILES[0], FD_O_READ);
+    if (fd >= 0) {  /* the driver's version, read first: its absence is the common answer, no driver */
+        vn = read(fd, version, sizeof(version));
+        close(fd);
+    } else {  /* WSL2 has no /proc/driver/nvidia, only its driver library (and Linux has no such library) */
+        have_wsl = stat(LINUX_DRIVER_FILES[1], &wsl) == 0;
+        if (!have_wsl) {
+            tx_str(t, "no-driver");
+            return 0;
+        }
     }
     tx_str(t, "driver ");
     tx_small_file(t, "/proc/sys/kernel/random/boot_id");
     tx_str(t, " ");
-    tx_small_file(t, LINUX_DRIVER_FILES[0]);
+    if (vn < 0)
+        tx_str(t, "-");
+    else
+        tx_word(t, version, (size_t)vn);
     tx_str(t, " ");
     tx_folder_names(t, "/proc/driver/nvidia/gpus");
     tx_str(t, " ");
