@@ -223,3 +223,44 @@ def test_native_json_reader_agrees_with_json(value: Any) -> None:
     for text in (json.dumps(value), json.dumps(value, indent=1, ensure_ascii=False)):
         assert json_loads(text) == json.loads(text)
         assert json_loads(text.encode()) == json.loads(text)
+
+
+def test_check_build_refuses_unknown_machines_and_odd_program_headers(tmp_path: Path) -> None:
+    """A machine name fatdispatch does not know is refused (never "any ELF will do"), and so is a program header
+    size other than an Elf64_Phdr's 56 bytes (a 4 GiB header table is not read)."""
+    import _fatdispatch
+
+    so = tmp_path / "x" / "_core.so"
+    _elf_so(so)
+    assert _fatdispatch.check_build(str(so), (), "x86_64")[2] is None
+    assert "knows no machine arm64" in (_fatdispatch.check_build(str(so), (), "arm64")[2] or "")
+    data = bytearray(so.read_bytes())
+    data[54:56] = (65535).to_bytes(2, "little")  # e_phentsize
+    data[56:58] = (65535).to_bytes(2, "little")  # e_phnum
+    odd = tmp_path / "x" / "_odd.so"
+    odd.write_bytes(bytes(data))
+    assert "not a loadable ELF object" in (_fatdispatch.check_build(str(odd), (), "x86_64")[2] or "")
+
+
+def test_hostile_raw_words_cannot_crash_the_decoder() -> None:
+    """A raw dict whose leaf's __index__ empties the leaf list (the decoder reads its own copy) raises or
+    decodes; it never reads freed memory."""
+    import subprocess
+    import sys
+
+    code = ("import _fatdispatch\n"
+            "L = []\n"
+            "class Evil:\n"
+            "    def __index__(self):\n"
+            "        L.clear(); return 1\n"
+            "L.extend([Evil(), 2, 3, 4])\n"
+            "raw = dict(_fatdispatch.x86(), **{'1': L})\n"
+            "for f in (_fatdispatch.x86_decode, _fatdispatch.cpu_words):\n"
+            "    L[:] = [Evil(), 2, 3, 4]\n"
+            "    try:\n"
+            "        f(raw)\n"
+            "    except Exception as e:\n"
+            "        print(type(e).__name__)\n"
+            "print('alive')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("alive"), (out.returncode, out.stderr[-500:])

@@ -285,20 +285,20 @@ static int raw_leaf(PyObject *raw, const char *key, unsigned long long regs[4])
     Py_ssize_t i;
     if (item == NULL || item == Py_None)
         return 0;
-    seq = PySequence_Fast(item, "a CPUID leaf must be a sequence of 4 integers");
+    seq = PySequence_Tuple(item);  /* its own tuple: an element's __index__ cannot free the others under us */
     if (seq == NULL)
         return -1;
-    if (PySequence_Fast_GET_SIZE(seq) == 0) {
+    if (PyTuple_GET_SIZE(seq) == 0) {
         Py_DECREF(seq);
         return 0;
     }
-    if (PySequence_Fast_GET_SIZE(seq) != 4) {
+    if (PyTuple_GET_SIZE(seq) != 4) {
         Py_DECREF(seq);
         PyErr_Format(PyExc_ValueError, "CPUID leaf %s: expected 4 registers", key);
         return -1;
     }
     for (i = 0; i < 4; i++) {
-        PyObject *n = PyNumber_Index(PySequence_Fast_GET_ITEM(seq, i));
+        PyObject *n = PyNumber_Index(PyTuple_GET_ITEM(seq, i));
         if (n == NULL) {
             Py_DECREF(seq);
             return -1;
@@ -457,6 +457,8 @@ int fd_words(PyObject *raw, char *out, size_t n, unsigned long long *usable)
         for (i = 0; i < 2; i++) {
             v = PyDict_GetItemString(raw, keys[i]);
             *dest[i] = v == NULL ? 0 : (unsigned int)PyLong_AsUnsignedLongLongMask(v);
+            if (PyErr_Occurred())
+                return -1;
         }
         v = PyDict_GetItemString(raw, "vendor");
         if (v != NULL) {

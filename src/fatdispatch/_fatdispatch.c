@@ -244,7 +244,7 @@ static PyObject *full_path(void)
 }
 
 /* An environment value, as file-system bytes in buf (n bytes at most, NUL-terminated): 1 where it is set (even
- * to ""), 0 where it is not or does not fit, -1 with an exception.  env is a mapping, or NULL for the process
+ * to ""), 0 where it is not, -2 where it does not fit, -1 with an exception.  env is a mapping, or NULL for the process
  * environment (what os.environ reads, and writes through putenv: a pick cache hit asks no Python code). */
 static int env_bytes(PyObject *env, const char *key, char *buf, size_t n)
 {
@@ -252,8 +252,10 @@ static int env_bytes(PyObject *env, const char *key, char *buf, size_t n)
     int found = 0;
     if (env == NULL) {
         const char *c = getenv(key);
-        if (c == NULL || strlen(c) >= n)
+        if (c == NULL)
             return 0;
+        if (strlen(c) >= n)
+            return -2;
         strcpy(buf, c);
         return 1;
     }
@@ -266,7 +268,9 @@ static int env_bytes(PyObject *env, const char *key, char *buf, size_t n)
             return -1;
     }
     if (v != NULL && PyUnicode_Check(v) && (b = PyUnicode_EncodeFSDefault(v)) != NULL) {
-        if ((size_t)PyBytes_GET_SIZE(b) < n && strlen(PyBytes_AS_STRING(b)) == (size_t)PyBytes_GET_SIZE(b)) {
+        if (strlen(PyBytes_AS_STRING(b)) != (size_t)PyBytes_GET_SIZE(b) || (size_t)PyBytes_GET_SIZE(b) >= n) {
+            found = -2;  /* a NUL inside, or too long: not a value the key can hold */
+        } else {
             memcpy(buf, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b) + 1);
             found = 1;
         }
@@ -278,8 +282,10 @@ static int env_bytes(PyObject *env, const char *key, char *buf, size_t n)
 
 /* ================================================================ the checks every build passes, on either path */
 
+/* The machines fatdispatch builds for, all 64-bit little-endian (an x86 build of i686 or an s390x one would need
+ * their own class and byte order here). */
 static const struct { const char *name; int em; } ELF_MACHINES[] = {
-    {"x86_64", 62}, {"aarch64", 183}, {"i686", 3}, {"ppc64le", 21}, {"s390x", 22},
+    {"x86_64", 62}, {"aarch64", 183}, {"ppc64le", 21},
 };
 #define N_ELF_MACHINES (sizeof(ELF_MACHINES) / sizeof(ELF_MACHINES[0]))
 
@@ -313,7 +319,9 @@ static int elf_problem(int fd, unsigned long long size, const char *machine, cha
     for (k = 0; k < N_ELF_MACHINES; k++)
         if (strcmp(ELF_MACHINES[k].name, machine) == 0)
             want = ELF_MACHINES[k].em;
-    if (want >= 0 && em != want) {
+    if (want < 0)
+        return snprintf(why, n, "built for ELF machine %d; fatdispatch knows no machine %s", em, machine), 1;
+    if (em != want) {
         for (k = 0; k < N_ELF_MACHINES; k++)
             if (ELF_MACHINES[k].em == em)
                 return snprintf(why, n, "built for %s, not %s", ELF_MACHINES[k].name, machine), 1;
@@ -323,13 +331,16 @@ static int elf_problem(int fd, unsigned long long size, const char *machine, cha
     phentsize = le(head + 54, 2);
     phnum = le(head + 56, 2);
     total = phentsize * phnum;
-    if (phentsize < 56 || phnum == 0 || phoff > size || total > size - phoff)
+    if (phentsize != 56 || phnum == 0)  /* an Elf64_Phdr is 56 bytes, as the dynamic loader requires */
+        return snprintf(why, n, "not a loadable ELF object: %llu program headers of %llu bytes", phnum, phentsize), 1;
+    if (phoff > size || total > size - phoff)
         return snprintf(why, n, "truncated: %llu bytes cannot hold its program headers", size), 1;
     if (phoff + total <= (unsigned long long)got) {
         tab = head + phoff;
     } else {  /* program headers beyond the first page (rare): read on their own */
         if ((table = (unsigned char *)malloc((size_t)total)) == NULL)
             return snprintf(why, n, "too many program headers (%llu)", phnum), 1;
+        errno = 0;
         if (pread(fd, table, (size_t)total, (off_t)phoff) != (ssize_t)total) {
             free(table);
             if (errno == 0)
@@ -557,12 +568,16 @@ static int bases(PyObject *env, char out[2][PATH_MAX], int must_be_private[2])
 {
     char home[PATH_MAX];
     int n = 0, rc = env_bytes(env, "XDG_CACHE_HOME", out[0], PATH_MAX - 32);
-    if (rc < 0)
+    if (rc == -1)
         return -1;
+    if (rc == -2)  /* no such path can be used: as unset (so for the writer too, which asks the same) */
+        rc = 0;
     if (rc == 0 || out[0][0] != '/') {
         rc = env_bytes(env, "HOME", home, PATH_MAX - 40);
-        if (rc < 0)
+        if (rc == -1)
             return -1;
+        if (rc == -2)
+            rc = 0;
         if (rc == 0 || home[0] == 0) {  /* no HOME: as os.path.expanduser("~") says */
             PyObject *tilde = PyUnicode_FromString("~"), *h = NULL, *b = NULL;
             h = tilde == NULL ? NULL : call_os_path("expanduser", tilde);
@@ -583,7 +598,7 @@ static int bases(PyObject *env, char out[2][PATH_MAX], int must_be_private[2])
     if (out[0][0] == '/')
         must_be_private[n++] = 0;
     rc = env_bytes(env, "XDG_RUNTIME_DIR", out[n], PATH_MAX - 32);
-    if (rc < 0)
+    if (rc == -1)
         return -1;
     if (rc > 0 && out[n][0] == '/' && (n == 0 || strcmp(out[0], out[1]) != 0))
         must_be_private[n++] = 1;
@@ -632,9 +647,14 @@ static PyObject *py_read_private(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOn:read_private", &dir, &name, &limit))
         return NULL;
     if (dir != Py_None) {
-        dir_fd = (int)PyLong_AsLong(dir);
-        if (dir_fd == -1 && PyErr_Occurred())
+        long v = PyLong_AsLong(dir);
+        if (v == -1 && PyErr_Occurred())
             return NULL;
+        if (v < 0 || v > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "read_private: dir_fd is not a file descriptor");
+            return NULL;
+        }
+        dir_fd = (int)v;
     }
     if (limit < 0)
         limit = 0;
@@ -868,10 +888,12 @@ static int tx_gpu_facts(fd_text *t, PyObject *env)
         tx_str(t, "-");
     for (i = 0; i < 2; i++) {
         int rc = env_bytes(env, vars[i], value, sizeof(value));
-        if (rc < 0)
+        if (rc == -1)
             return -1;
+        if (rc == -2)  /* a value the key cannot hold: no key, so no pick (never "unset") */
+            t->full = 1;
         tx_str(t, rc ? " =" : " -");
-        if (rc)
+        if (rc == 1)
             tx_word(t, value, strlen(value));
     }
     return 0;
@@ -918,6 +940,7 @@ static int key_text(PyObject *self, const char *folder, PyObject *raw, int cuda,
     int n;
     if (runtime_identity(self) < 0)
         return -1;
+    errno = ENAMETOOLONG;
     if (snprintf(manifest, sizeof(manifest), "%s/" MANIFEST_NAME, folder) >= (int)sizeof(manifest) ||
         stat(manifest, &sb) != 0) {
         PyErr_SetFromErrnoWithFilename(PyExc_OSError, manifest);
@@ -1134,12 +1157,12 @@ static PyObject *py_read_pick(PyObject *self, PyObject *args)
     return list;
 }
 
-/* A failure that means "no hit": the full path decides afresh, records any failure, and forgets the entry. */
+/* A failure that means "no hit": any Exception, as the full path treats a build that fails to load (not
+ * KeyboardInterrupt or SystemExit); the full path then decides afresh, records any failure, and forgets the
+ * entry. */
 static int miss(void)
 {
-    if (PyErr_ExceptionMatches(PyExc_OSError) || PyErr_ExceptionMatches(PyExc_ImportError) ||
-        PyErr_ExceptionMatches(PyExc_LookupError) || PyErr_ExceptionMatches(PyExc_TypeError) ||
-        PyErr_ExceptionMatches(PyExc_ValueError)) {
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
         PyErr_Clear();
         return 1;
     }
@@ -1171,6 +1194,10 @@ static int entry_holds(PyObject *self, const char *folder, const fd_span *lines,
         file->n <= flen + 1 || file->n >= PATH_MAX || memcmp(file->p, folder, flen) != 0 || file->p[flen] != '/' ||
         memchr(file->p, 0, file->n) != NULL || mach->n == 0 || mach->n >= 32)
         return 0;
+    memcpy(path, file->p, file->n);
+    path[file->n] = 0;
+    if (strstr(path + flen, "/../") != NULL || strstr(path + flen, "/./") != NULL)
+        return 0;  /* under the folder by its path, with no way out of it */
     if (key_text(self, folder, NULL, cuda, NULL, &t, &usable) < 0)
         return -1;
 #ifdef FD_X86
@@ -1180,8 +1207,6 @@ static int entry_holds(PyObject *self, const char *folder, const fd_span *lines,
 #else
     return 0;  /* (key_text said no already: picks are x86-64 only) */
 #endif
-    memcpy(path, file->p, file->n);
-    path[file->n] = 0;
     memcpy(machine, mach->p, mach->n);
     machine[mach->n] = 0;
     if ((fd = open(path, FD_O_READ)) < 0)
@@ -1207,7 +1232,7 @@ static PyObject *load_cached(PyObject *self, PyObject *spec, PyObject *name, PyO
         Py_RETURN_NONE;
     if ((s = (fd_scratch *)PyMem_Malloc(sizeof(*s))) == NULL)
         return PyErr_NoMemory();
-    folder = PyUnicode_EncodeFSDefault(variants_dir);
+    folder = fs_bytes(variants_dir);  /* a NUL in it is refused (ValueError: the full path says so) */
     rc = folder == NULL ? -1 : read_entry(NULL, PyBytes_AS_STRING(folder), s, lines);  /* NULL: this process's env */
     if (rc > 0)
         rc = entry_holds(self, PyBytes_AS_STRING(folder), lines, s->path, machine);
@@ -1252,12 +1277,9 @@ static PyObject *load_cached(PyObject *self, PyObject *spec, PyObject *name, PyO
             r = load == NULL ? NULL : PyObject_CallMethod(load, "log_decision", "O", name);
             Py_XDECREF(load);
             Py_XDECREF(r);
-            enabled = r == NULL ? -1 : 0;
         }
-        if (enabled < 0) {
-            Py_DECREF(module);
-            return NULL;
-        }
+        if (PyErr_Occurred())  /* the module is bound: logging's failure is said, not made the import's */
+            PyErr_WriteUnraisable(name);
     }
     return module;
 }

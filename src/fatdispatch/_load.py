@@ -335,7 +335,7 @@ def remember(variants_dir: "str", sel: "Selection", variant: "Variant", path: "s
                                         variant.features, _uses_amx(variant), cuda)
         if entry is not None:
             remember_pick(variants_dir, entry, env)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: what the pick rests on does not fit a key
         _say_once(env, f"the pick cache cannot be written, so every import decides afresh: {exc}")
 
 
