@@ -362,3 +362,20 @@ def test_install_after_del_sys_modules_is_an_error_not_a_crash() -> None:
             "try:\n    _fatdispatch.install('gone', ['_core'])\nexcept ImportError as e:\n    print('error:', e)\n")
     out = run([sys.executable, "-c", code])
     assert "error:" in out.stdout and "not an imported package" in out.stdout
+
+
+def test_a_folder_with_a_nul_gets_no_other_folders_pick(copy: Copy) -> None:
+    """A fat module registered with a variants folder that holds a NUL is refused on a hit as on the full path
+    (before: the C hit cut the path at the NUL and bound the pick of the folder before it)."""
+    copy.state()  # the pick of the real folder is written
+    assert copy.entry.exists()
+    code = ("import _fatdispatch, sys, types\n"
+            "pkg = types.ModuleType('evil'); pkg.__path__ = []; sys.modules['evil'] = pkg\n"
+            f"_fatdispatch.register('evil._core', {str(copy.variants)!r} + '\\x00/../../elsewhere')\n"
+            "try:\n"
+            "    import evil._core as m\n"
+            "    print('bound', m.__fatdispatch_variant__)\n"
+            "except Exception as e:\n"
+            "    print('refused', type(e).__name__)\n")
+    out = run([str(copy.py), "-c", code], env=copy.env, cwd="/").stdout.split()
+    assert out[0] == "refused", out
