@@ -223,6 +223,19 @@ def test_a_gpu_host_gets_its_pick_from_the_cache_until_the_gpu_facts_change(sim:
     assert import_on(h200, demo_venv, env, code=HIT)["hit"] is False  # the other driver's pick replaced it
 
 
+def test_a_visibility_value_too_long_for_the_key_is_never_keyed_as_unset(sim: Path, demo_venv: Path,
+                                                                        env: dict[str, str]) -> None:
+    """A CUDA_VISIBLE_DEVICES longer than the pick key holds (here one GPU named 600 times, which hides every
+    GPU) gets no key and so no pick: it is decided afresh each time, never served the pick made with every
+    GPU visible (before: such a value was keyed as unset, and the H200's cuda-sm90 pick answered)."""
+    h200 = machine("h200-driver580")
+    import_on(h200, demo_venv, env, code=HIT)
+    assert import_on(h200, demo_venv, env, code=HIT) == {"variant": "cuda-sm90", "hit": True}
+    long_value = dict(env, CUDA_VISIBLE_DEVICES="0," * 600)
+    for _ in range(2):
+        assert import_on(h200, demo_venv, long_value, code=HIT) == {"variant": best_cpu(), "hit": False}
+
+
 # ---------------------------------------------------------------- family and arch-specific targets through the import
 
 FAMILY_TARGETS = ["sm_90", "sm_90a", "sm_100f", "sm_100a", "compute_100f", "compute_90"]
