@@ -119,7 +119,7 @@ static PyObject *path_str(PyObject *arg)
     return s;
 }
 
-/* The file-system bytes of a str (embedded NULs refused), new reference. */
+/* The file-system bytes of a path (str, bytes or os.PathLike; embedded NULs refused), new reference. */
 static PyObject *fs_bytes(PyObject *s)
 {
     PyObject *b = NULL;
@@ -474,18 +474,8 @@ checked:
         result = refusal(PyUnicode_FromFormat("%U: cannot read it: %s", path, strerror(errno)));
     else if (rc > 0)
         result = refusal(PyUnicode_FromFormat("%U: %s", path, why));
-    else
-        result = Py_BuildValue("(NOO)", identity(&st), real != NULL ? real : Py_None, Py_None);
-    if (result != NULL && rc == 0 && real == NULL) {  /* no roots: the real path is not looked up */
-        PyObject *empty = PyUnicode_FromStringAndSize("", 0);
-        if (empty == NULL) {
-            Py_CLEAR(result);
-        } else {
-            PyObject *old = PyTuple_GET_ITEM(result, 1);
-            PyTuple_SET_ITEM(result, 1, empty);
-            Py_DECREF(old);
-        }
-    }
+    else if (real != NULL || (real = PyUnicode_FromStringAndSize("", 0)) != NULL)  /* no roots: not looked up */
+        result = Py_BuildValue("(NOO)", identity(&st), real, Py_None);
 done:
     close(fd);
     Py_DECREF(bpath);
@@ -977,18 +967,14 @@ static int key_text(PyObject *self, const char *folder, PyObject *raw, int cuda,
 /* pick_key(variants_dir, raw, cuda, env) */
 static PyObject *py_pick_key(PyObject *self, PyObject *args)
 {
-    PyObject *arg, *raw, *env, *dir, *b;
+    PyObject *arg, *raw, *env, *b;
     char buf[KEY_MAX];
     fd_text t = {buf, sizeof(buf), 0, 0};
     unsigned long long usable;
     int cuda, rc;
     if (!PyArg_ParseTuple(args, "OO!pO:pick_key", &arg, &PyDict_Type, &raw, &cuda, &env))
         return NULL;
-    if ((dir = path_str(arg)) == NULL)
-        return NULL;
-    b = fs_bytes(dir);
-    Py_DECREF(dir);
-    if (b == NULL)
+    if ((b = fs_bytes(arg)) == NULL)
         return NULL;
     rc = key_text(self, PyBytes_AS_STRING(b), raw, cuda, env, &t, &usable);
     Py_DECREF(b);
@@ -1122,17 +1108,13 @@ static int read_entry(PyObject *env, const char *folder, fd_scratch *s, fd_span 
 /* read_pick(variants_dir, env): the entry's lines (eleven, and "" after the last newline), or None. */
 static PyObject *py_read_pick(PyObject *self, PyObject *args)
 {
-    PyObject *arg, *env, *dir, *b, *list;
+    PyObject *arg, *env, *b, *list;
     fd_scratch *s;
     fd_span lines[ENTRY_FIELDS];
     int rc, k;
     if (!PyArg_ParseTuple(args, "OO:read_pick", &arg, &env))
         return NULL;
-    if ((dir = path_str(arg)) == NULL)
-        return NULL;
-    b = fs_bytes(dir);
-    Py_DECREF(dir);
-    if (b == NULL)
+    if ((b = fs_bytes(arg)) == NULL)
         return NULL;
     if ((s = (fd_scratch *)PyMem_Malloc(sizeof(*s))) == NULL) {
         Py_DECREF(b);

@@ -35,12 +35,6 @@ CACHE_DIR = f"gpu-v{CACHE_SCHEMA}"
 CACHE_FILE = "facts"
 
 
-def driver_present() -> "tuple[bool, str]":
-    """One cheap check for an installed NVIDIA driver (:func:`_fatdispatch.driver_present`, which the full path
-    asks before it imports this module)."""
-    return _fatdispatch.driver_present()
-
-
 # ---------------------------------------------------------------- the per-user cache
 
 
@@ -177,7 +171,7 @@ def probe_gpus(env: "Mapping[str, str] | None" = None) -> "GPUs":
 
 
 def _probe_uncached(env: "Mapping[str, str]") -> "GPUs":
-    present, why = driver_present()
+    present, why = _fatdispatch.driver_present()
     if not present:
         return no_gpus(why)
     use_cache = gpu_cache_allowed(env)

@@ -83,9 +83,9 @@ def capture_cpu() -> dict[str, Any]:
 
 def capture_nvidia(env: Mapping[str, str]) -> dict[str, Any] | None:
     """The driver and NVML's answer (asked now, not from the cache), or None without a driver."""
-    from ._gpu import driver_present
+    import _fatdispatch
 
-    present, _ = driver_present()
+    present, _ = _fatdispatch.driver_present()
     if not present:
         return None
     import ctypes  # noqa: F401 - in this thread: the NVML worker imports nothing
