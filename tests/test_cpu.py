@@ -263,6 +263,30 @@ def test_compiled_module_is_the_import_path_and_the_primitives() -> None:
     assert {"x86", "cpu", "x86_decode", "install", "check_build", "pick_key"} <= public
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the link flags are Linux's (setup.py)")
+def test_compiled_module_is_bound_at_load_and_mapped_twice() -> None:
+    """setup.py links ``_fatdispatch`` with ``-z now`` (every symbol bound at load: no lazy-binding trampoline on
+    the import path, and the whole GOT read-only after load, full RELRO) and ``-z noseparate-code`` (two
+    mappings, not four: each costs tens of microseconds on a VM, on every import of every fat package)."""
+    import struct
+
+    import _fatdispatch
+
+    with open(_fatdispatch.__file__, "rb") as f:  # a 64-bit little-endian ELF (x86-64, aarch64), read by hand:
+        data = f.read()                            # the emulated aarch64 interpreter runs this test too
+    assert data[:6] == b"\x7fELF\x02\x01"
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    segments = [struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize) for i in range(phnum)]
+    PT_LOAD, PT_DYNAMIC, PT_GNU_RELRO, PF_W, DT_FLAGS, DF_BIND_NOW = 1, 2, 0x6474E552, 2, 30, 8
+    loads = [s for s in segments if s[0] == PT_LOAD]
+    dyn = next(s for s in segments if s[0] == PT_DYNAMIC)
+    tags = dict(struct.unpack_from("<qQ", data, dyn[2] + i * 16) for i in range(dyn[5] // 16))
+    assert any(s[0] == PT_GNU_RELRO for s in segments), segments
+    assert tags.get(DT_FLAGS, 0) & DF_BIND_NOW, tags
+    assert [bool(s[1] & PF_W) for s in loads] == [False, True], [hex(s[1]) for s in loads]
+
+
 @pytest.mark.parametrize("compiler", ["cc", "aarch64-linux-gnu-gcc"])
 def test_helper_compiles_cleanly(compiler: str) -> None:
     """The compiled module compiles without a warning, on x86-64 and (CPUID left out) aarch64."""

@@ -379,3 +379,43 @@ def test_a_folder_with_a_nul_gets_no_other_folders_pick(copy: Copy) -> None:
             "    print('refused', type(e).__name__)\n")
     out = run([str(copy.py), "-c", code], env=copy.env, cwd="/").stdout.split()
     assert out[0] == "refused", out
+
+
+def test_a_build_whose_init_fails_on_a_hit_falls_back_to_the_full_path(copy: Copy) -> None:
+    """An extension init that raises (here a RuntimeError, the first time only) on a hit is a miss, as a failed
+    load is on the full path: the full path decides afresh and binds the build (before: the hit let the
+    RuntimeError out of the import)."""
+    first = copy.state()
+    assert copy.entry.exists()
+    code = ("import _imp, json, sys\n"
+            "real, calls = _imp.create_dynamic, []\n"
+            "def once(spec, *rest):  # _fatdispatch itself is loaded through it too\n"
+            "    calls.extend([spec.origin] if spec.name == 'fatdemo._core' else [])\n"
+            "    if calls == [spec.origin]:\n"
+            "        raise RuntimeError('init failed once')\n"
+            "    return real(spec, *rest)\n"
+            "_imp.create_dynamic = once  # _fatdispatch takes it from _imp when it loads\n"
+            "import fatdemo, _fatdispatch\n"
+            "print(json.dumps({'variant': fatdemo.variant(), 'calls': calls, 'hits': list(_fatdispatch.hits),\n"
+            "                  'full': 'fatdispatch._load' in sys.modules, 'ok': fatdemo.popcount(b'\\xff') == 8}))\n")
+    out = json.loads(run([str(copy.py), "-c", code], env=copy.env, cwd="/").stdout)
+    assert out["variant"] == first["variant"] and out["ok"]
+    assert out["calls"] == [str(copy.so(first["variant"]))] * 2  # the hit's try, then the full path's
+    assert out["full"] and out["hits"] == []
+
+
+def test_a_logging_failure_after_a_hit_is_said_not_raised(copy: Copy) -> None:
+    """An application whose fatdispatch DEBUG logging raises still gets the module bound from the pick cache; the
+    failure is reported as unraisable, on stderr (before: it failed the import)."""
+    first = copy.state()
+    code = ("import json, logging, _fatdispatch\n"
+            "logging.basicConfig(level=logging.DEBUG)\n"
+            "def boom(record):\n"
+            "    raise ValueError('a filter that raises')\n"
+            "logging.getLogger('fatdispatch').addFilter(boom)\n"
+            "import fatdemo\n"
+            "print(json.dumps({'variant': fatdemo.variant(), 'hits': list(_fatdispatch.hits)}))\n")
+    proc = run([str(copy.py), "-c", code], env=copy.env, cwd="/")
+    out = json.loads(proc.stdout)
+    assert out == {"variant": first["variant"], "hits": ["fatdemo._core"]}
+    assert "a filter that raises" in proc.stderr and "fatdemo._core" in proc.stderr

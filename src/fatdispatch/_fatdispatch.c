@@ -583,7 +583,7 @@ static int bases(PyObject *env, char out[2][PATH_MAX], int must_be_private[2])
         }
         out[0][0] = 0;
         if (home[0] == '/')
-            snprintf(out[0], PATH_MAX, "%s/.cache", home);
+            snprintf(out[0], PATH_MAX, "%.*s/.cache", PATH_MAX - 40, home);  /* home is shorter: says so to gcc */
     }
     if (out[0][0] == '/')
         must_be_private[n++] = 0;
