@@ -22,3 +22,15 @@ def test_run_all_tiny(tmp_path: Path) -> None:
     assert r["pick"]["auto_pick"] in r["pick"]["builds"]
     assert all(d.get("cold_median_s", 0) > 0 for d in r["probe"].values()), r["probe"]  # every contender ran
     assert "import fatdemo" in p.stdout and "Kernel throughput" in p.stdout
+
+
+def test_import_split_tiny(tmp_path: Path) -> None:
+    """The step-by-step split of a warm import runs, with the pick cache answering, and times every step."""
+    p = run([sys.executable, str(ROOT / "benchmarks" / "import_split.py"), "--tiny", "--out", str(tmp_path)])
+    (out,) = tmp_path.glob("*-split.json")
+    r = json.loads(out.read_text())
+    assert r["hit"] is True and r["runs"] == 3
+    fat, plain = r["median_us"]["fatdemo"], r["median_us"]["fatdemo_plain"]
+    assert fat["import _fatdispatch"] > 0 and fat["from . import _core"] > 0 and plain["from . import _core"] > 0
+    assert plain["import _fatdispatch"] == plain["install(...)"] == 0  # the twin has no wiring line
+    assert "pick cache answered: True" in p.stdout
