@@ -147,6 +147,22 @@ static void fd_read(fd_facts *f)
 #endif
 }
 
+/* The vendor string of leaf 0: its EBX, EDX, ECX (12 bytes and a NUL), and the reverse. */
+static void vendor_of(const fd_facts *f, char out[13])
+{
+    memcpy(out, &f->r0[1], 4);
+    memcpy(out + 4, &f->r0[3], 4);
+    memcpy(out + 8, &f->r0[2], 4);
+    out[12] = 0;
+}
+
+static void set_vendor(fd_facts *f, const char *vendor)
+{
+    memcpy(&f->r0[1], vendor, 4);
+    memcpy(&f->r0[3], vendor + 4, 4);
+    memcpy(&f->r0[2], vendor + 8, 4);
+}
+
 /* x86() -> dict of raw CPUID leaves and XCR0 (None when XGETBV is not allowed), plus "amx_permission" where
  * it was asked and, on macOS, "translated" and "macos_avx512". */
 static PyObject *facts_dict(const fd_facts *fp)
@@ -156,10 +172,7 @@ static PyObject *facts_dict(const fd_facts *fp)
     PyObject *result;
     int i;
 
-    memcpy(vendor, &f.r0[1], 4);
-    memcpy(vendor + 4, &f.r0[3], 4);
-    memcpy(vendor + 8, &f.r0[2], 4);
-    vendor[12] = 0;
+    vendor_of(&f, vendor);
     result = Py_BuildValue("{s:I,s:s,s:I}", "max_leaf", f.r0[0], "vendor", vendor, "max_ext", f.max_ext);
     for (i = 0; result != NULL && i < FD_NLEAVES; i++) {
         const unsigned int *r = f.regs[i];
@@ -468,20 +481,15 @@ int fd_words(PyObject *raw, char *out, size_t n, unsigned long long *usable)
                     PyErr_SetString(PyExc_ValueError, "raw CPU facts: the vendor is 12 characters");
                 return -1;
             }
-            memcpy(&f.r0[1], t, 4);
-            memcpy(&f.r0[3], t + 4, 4);
-            memcpy(&f.r0[2], t + 8, 4);
+            set_vendor(&f, t);
         }
         if (PyErr_Occurred())
             return -1;
     }
-    memcpy(vendor, &f.r0[1], 4);
-    memcpy(vendor + 4, &f.r0[3], 4);
-    memcpy(vendor + 8, &f.r0[2], 4);
+    vendor_of(&f, vendor);
     for (i = 0; i < 12; i++)  /* the key is one line of text */
         if (vendor[i] < 0x21 || vendor[i] > 0x7e)
             vendor[i] = '?';
-    vendor[12] = 0;
     len = snprintf(out, n, "%x %s %x %llx %d", f.r0[0], vendor, f.max_ext, f.has_xcr0 ? f.xcr0 : ~0ULL,
                    f.amx_permission);
     for (i = 0; i < FD_NLEAVES && len > 0 && (size_t)len < n; i++) {
