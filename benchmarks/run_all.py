@@ -79,7 +79,8 @@ def build_plain_twin(site: Path, level_flags: list[str]) -> Path:
 
 
 IMPORT_CODE = ("import time; t = time.perf_counter(); import {mod}; dt = time.perf_counter() - t; "
-               "import json; print(json.dumps({{'s': dt, 'v': {mod}.variant()}}))")
+               "import json, sys; print(json.dumps({{'s': dt, 'v': {mod}.variant(), "
+               "'hit': 'fatdispatch' not in sys.modules}}))")  # a hit needs no Python of fatdispatch's
 NO_CACHE_DIR = "/proc/fatdispatch-cache"  # a folder nobody can create: an unusable cache folder for any user
 
 
@@ -89,26 +90,36 @@ def bench_import(py: str, runs: int, work: Path, gpu_host: "dict | None" = None)
 
     * ``hit``: the pick cache answers (every import after the first one);
     * ``first``: a fresh cache folder each time (the full decision, every reason, and writing the pick);
-    * ``unwritable``: a cache folder that cannot be used and no XDG_RUNTIME_DIR (the full decision, no write);
-    * ``runtime_dir``: the same with a private XDG_RUNTIME_DIR, which keeps the picks instead;
+    * ``unwritable``: no cache folder can be used, neither in the home nor a runtime folder nor under TMPDIR
+      (the full decision, no write);
+    * ``runtime_dir``: the home's unusable, but a private XDG_RUNTIME_DIR keeps the picks;
+    * ``own_tmp``: the home's unusable and no XDG_RUNTIME_DIR (containers, CI, batch jobs): fatdispatch's own
+      ``$TMPDIR/fatdispatch-<uid>`` keeps the picks;
     * ``gpu_hit`` / ``gpu_first`` (where ``gpu_host`` runs commands on a simulated NVIDIA host).
     """
     base = clean_env()
     base.pop("XDG_RUNTIME_DIR", None)
     run_dir = work / "run"
     run_dir.mkdir(mode=0o700)
+    base["TMPDIR"] = str(work / "tmp")  # this run's own: no pick from elsewhere answers
+    (work / "tmp").mkdir(mode=0o700)
+    shared_tmp = work / "shared-tmp"  # like /tmp: sticky, world-writable
+    shared_tmp.mkdir()
+    shared_tmp.chmod(0o1777)
+    no_home = dict(base, XDG_CACHE_HOME=NO_CACHE_DIR, HOME=NO_CACHE_DIR)
     cases: dict[str, tuple[str, dict[str, str]]] = {
         "plain": ("fatdemo_plain", dict(base, XDG_CACHE_HOME=str(work / "hit"))),
         "hit": ("fatdemo", dict(base, XDG_CACHE_HOME=str(work / "hit"))),
         "first": ("fatdemo", dict(base)),
-        "unwritable": ("fatdemo", dict(base, XDG_CACHE_HOME=NO_CACHE_DIR, HOME=NO_CACHE_DIR)),
-        "runtime_dir": ("fatdemo", dict(base, XDG_CACHE_HOME=NO_CACHE_DIR, HOME=NO_CACHE_DIR,
-                                        XDG_RUNTIME_DIR=str(run_dir))),
+        "unwritable": ("fatdemo", dict(no_home, TMPDIR=NO_CACHE_DIR)),
+        "runtime_dir": ("fatdemo", dict(no_home, TMPDIR=NO_CACHE_DIR, XDG_RUNTIME_DIR=str(run_dir))),
+        "own_tmp": ("fatdemo", dict(no_home, TMPDIR=str(shared_tmp))),
     }
-    child(py, IMPORT_CODE.format(mod="fatdemo"), cases["hit"][1])  # fills the pick caches
-    child(py, IMPORT_CODE.format(mod="fatdemo"), cases["runtime_dir"][1])
+    for warm in ("hit", "runtime_dir", "own_tmp"):  # fills the pick caches
+        child(py, IMPORT_CODE.format(mod="fatdemo"), cases[warm][1])
     samples: dict[str, list[float]] = {k: [] for k in cases}
     picks: dict[str, str] = {}
+    hits: dict[str, int] = {k: 0 for k in cases if k != "plain"}  # how many imports the pick cache answered
     for i in range(runs):  # interleaved
         for name, (mod, env) in cases.items():
             if name == "first":
@@ -116,12 +127,14 @@ def bench_import(py: str, runs: int, work: Path, gpu_host: "dict | None" = None)
             r = child(py, IMPORT_CODE.format(mod=mod), env)
             samples[name].append(r["s"])
             picks[name] = r["v"]
+            if name in hits:
+                hits[name] += bool(r["hit"])
     if gpu_host is not None:
         for name, value in gpu_host["run"](py, runs).items():
             samples[name] = value["s"]
             picks[name] = value["v"]
     plain = med(samples["plain"])
-    out: dict[str, object] = {"runs": runs, "picks": picks, "samples_s": samples,
+    out: dict[str, object] = {"runs": runs, "picks": picks, "hits": hits, "samples_s": samples,
                               "median_s": {k: med(v) for k, v in samples.items()}}
     out["added_s"] = {k: med(v) - (med(samples["gpu_plain"]) if k.startswith("gpu_") and "gpu_plain" in samples
                                    else plain) for k, v in samples.items() if not k.endswith("plain")}
@@ -435,9 +448,11 @@ def report(r: dict) -> str:
             ("gpu_hit", "warm import, simulated NVIDIA host (H200, driver 580)", "< 0.4 ms added"),
             ("first", "first import: full decision with every reason, pick written", "< 1.5 ms added"),
             ("gpu_first", "first import on the simulated NVIDIA host (NVML asked)", ""),
-            ("unwritable", "cache folder unusable, no XDG_RUNTIME_DIR (full decision, nothing kept)",
+            ("unwritable", "no cache folder usable: home, XDG_RUNTIME_DIR, TMPDIR (full decision, nothing kept)",
              "no slower than a first import"),
-            ("runtime_dir", "cache folder unusable, private XDG_RUNTIME_DIR keeps the picks", "")]
+            ("runtime_dir", "home cache unusable, private XDG_RUNTIME_DIR keeps the picks", "< 0.4 ms added"),
+            ("own_tmp", "home cache unusable, no XDG_RUNTIME_DIR: $TMPDIR/fatdispatch-<uid> keeps the picks",
+             "< 0.4 ms added")]
     for key, what, target in rows:
         if key not in imp.get("added_s", {}):
             continue

@@ -63,7 +63,10 @@ def world(demo_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 def as_user(world: dict, user: str | None, code: str, env: dict[str, str], prefix: tuple[str, ...] = (),
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world["site"]), "PYTHONDONTWRITEBYTECODE": "1"}
+    # TMPDIR under /proc: fatdispatch's own temporary folder cannot be made, so each attack on a cache folder
+    # meets no fallback unless the test gives one (the temporary-folder attacks do)
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world["site"]), "PYTHONDONTWRITEBYTECODE": "1",
+            "TMPDIR": "/proc/fatdispatch-tmp"}
     cmd = [*prefix, SYSTEM_PY, "-c", code]
     if user is not None:
         cmd = ["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in {**base, **env}.items()), *cmd]
@@ -213,3 +216,62 @@ def test_a_full_disk_leaves_no_temporary_file(world: dict) -> None:
     picks, _, listing = out.stdout.partition("==")
     assert len(set(picks.split())) == 1 and len(picks.split()) == 3  # the same pick three times
     assert [x for x in listing.split() if x not in (".", "..")] == []  # no entry fits, and no .tmp is left
+
+
+def _shared_tmp(world: dict, name: str) -> Path:
+    """A shared temporary folder like /tmp: root's, sticky, world-writable."""
+    shared = world["root"] / name
+    shared.mkdir()
+    shared.chmod(0o1777)
+    return shared
+
+
+NO_HOME = {"HOME": "/proc/fatdispatch-home"}  # no cache folder in the home, and no XDG_RUNTIME_DIR
+
+
+def test_own_temporary_folder_is_the_victims_and_keeps_the_picks(world: dict) -> None:
+    victim = world["victim"]
+    shared = _shared_tmp(world, "tmp8")
+    env = dict(NO_HOME, TMPDIR=str(shared))
+    assert not state(world, VICTIM, env)["hit"]
+    assert state(world, VICTIM, env)["hit"]
+    own = shared / f"fatdispatch-{victim.pw_uid}"
+    chain = [own, own / "fatdispatch", own / "fatdispatch" / "picks-v3"]
+    assert [(p.lstat().st_uid, oct(p.lstat().st_mode)) for p in chain] == [(victim.pw_uid, "0o40700")] * 3
+
+
+def test_a_temporary_folder_another_user_made_first_is_never_used(world: dict) -> None:
+    """The attacker makes the victim's $TMPDIR/fatdispatch-<uid> first, open to all, with the cache folders
+    inside: the victim's imports work, are never hits, and write nothing there."""
+    victim, attacker = world["victim"], world["attacker"]
+    shared = _shared_tmp(world, "tmp9")
+    planted = owned_dir(shared / f"fatdispatch-{victim.pw_uid}", attacker, 0o777)
+    owned_dir(planted / "fatdispatch", attacker, 0o777)
+    owned_dir(planted / "fatdispatch" / "picks-v3", attacker, 0o777)
+    for _ in range(2):
+        out = state(world, VICTIM, dict(NO_HOME, TMPDIR=str(shared)))
+        assert out["ok"] and not out["hit"]
+    assert [p for p in planted.rglob("*") if p.lstat().st_uid != attacker.pw_uid] == []
+
+
+def test_a_temporary_folder_planted_as_a_symlink_leads_nowhere(world: dict) -> None:
+    """The attacker plants $TMPDIR/fatdispatch-<uid> as a symlink to a private cache folder of the victim's
+    holding the victim's own valid pick: the victim's imports through it are never hits (the link is not
+    followed, by the reader or the writer), and nothing there is created or deleted."""
+    victim, attacker = world["victim"], world["attacker"]
+    shared = _shared_tmp(world, "tmp10")
+    precious = owned_dir(world["root"] / "precious10", victim, 0o700)
+    assert not state(world, VICTIM, {"HOME": str(precious), "XDG_CACHE_HOME": str(precious)})["hit"]
+    assert state(world, VICTIM, {"HOME": str(precious), "XDG_CACHE_HOME": str(precious)})["hit"]  # a valid pick
+    picks = precious / "fatdispatch" / "picks-v3"
+    for i in range(70):
+        (picks / f"{i:x}-1").write_text(f"the victim's own file {i}")
+    subprocess.run(["chown", "-R", f"{victim.pw_uid}:{victim.pw_gid}", str(precious)], check=True)
+    link = shared / f"fatdispatch-{victim.pw_uid}"
+    os.symlink(precious, link)
+    os.lchown(link, attacker.pw_uid, attacker.pw_gid)
+    before = snapshot(picks)
+    for _ in range(2):
+        out = state(world, VICTIM, dict(NO_HOME, TMPDIR=str(shared)))
+        assert out["ok"] and not out["hit"]
+    assert snapshot(picks) == before and sorted(p.name for p in precious.iterdir()) == ["fatdispatch"]

@@ -19,6 +19,9 @@ def test_run_all_tiny(tmp_path: Path) -> None:
     r = json.loads(out.read_text())
     assert {"import", "probe", "calls", "pick", "build", "gpu"} <= set(r)
     assert r["import"]["fat_median_s"] > 0 and r["calls"]["module_is_the_extension"] is True
+    # the warm cases are answered by the pick cache, every time; the full-path cases never are
+    runs, hits = r["import"]["runs"], r["import"]["hits"]
+    assert hits == {"hit": runs, "runtime_dir": runs, "own_tmp": runs, "first": 0, "unwritable": 0}, hits
     assert r["pick"]["auto_pick"] in r["pick"]["builds"]
     assert all(d.get("cold_median_s", 0) > 0 for d in r["probe"].values()), r["probe"]  # every contender ran
     assert "import fatdemo" in p.stdout and "Kernel throughput" in p.stdout

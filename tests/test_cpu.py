@@ -257,7 +257,7 @@ def test_compiled_module_is_the_import_path_and_the_primitives() -> None:
     public = {n for n in dir(_fatdispatch) if not n.startswith("_") and callable(getattr(_fatdispatch, n))}
     primitives = {"x86", "x86_decode", "x86_levels", "cpu", "request_amx", "hwcaps", "sysctl", "processor_feature"}
     import_path = {"install", "register", "find_spec", "invalidate_caches", "create_module", "exec_module",
-                   "check_build", "load_extension", "cache_bases", "read_private", "pick_name", "cpu_words",
+                   "check_build", "load_extension", "cache_bases", "open_dir", "read_private", "pick_name", "cpu_words",
                    "gpu_facts_key", "driver_present", "pick_key", "pick_entry", "read_pick", "ModuleSpec"}
     assert public <= primitives | import_path, public - primitives - import_path
     assert {"x86", "cpu", "x86_decode", "install", "check_build", "pick_key"} <= public

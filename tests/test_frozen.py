@@ -76,7 +76,8 @@ def read_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def app_unwritable_cache(demo_venv: Path, read_only_dir: Path, tmp_path_factory: pytest.TempPathFactory,
                          cache_home: Path) -> Path:
-    """Built with HOME and XDG_CACHE_HOME on a read-only folder: the hooks go to $TMPDIR/fatdispatch-pyinstaller-UID."""
+    """Built with HOME and XDG_CACHE_HOME on a read-only folder: the hooks go to fatdispatch's own private
+    folder under $TMPDIR (fatdispatch-UID, as the pick cache's), 0700 all the way."""
     pytest.importorskip("PyInstaller")
     where = tmp_path_factory.mktemp("pyi-ro")
     tmp = where / "tmp"
@@ -85,8 +86,10 @@ def app_unwritable_cache(demo_venv: Path, read_only_dir: Path, tmp_path_factory:
     env.update(HOME=str(read_only_dir), XDG_CACHE_HOME=str(read_only_dir / "cache"), TMPDIR=str(tmp))
     p = pyinstaller(demo_venv, where, env)
     assert "Failed to process hook entry point" not in p.stdout + p.stderr, p.stderr
-    hooks = tmp / f"fatdispatch-pyinstaller-{os.geteuid()}"
-    assert stat.S_IMODE(hooks.stat().st_mode) == 0o700 and (hooks / "hook-fatdemo.py").is_file()
+    own = tmp / f"fatdispatch-{os.geteuid()}"
+    hooks = own / "fatdispatch" / "pyinstaller-hooks"
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (own, hooks.parent, hooks)] == [0o700] * 3
+    assert (hooks / "hook-fatdemo.py").is_file()
     return where / "dist" / "app" / "app"
 
 
@@ -114,8 +117,8 @@ def intruder_uid() -> int | None:
 
 def test_pyinstaller_never_reads_hooks_another_user_planted(demo_venv: Path, tmp_path: Path,
                                                             clean_env: dict[str, str]) -> None:
-    """Another local user pre-creates both shared-temp hook folders (today's /tmp/fatdispatch/pyinstaller-hooks
-    and the per-uid name) with a hook-json.py; a relative XDG_CACHE_HOME sends the hooks to the temp folder.
+    """Another local user pre-creates the shared-temp hook folders (fatdispatch's own per-uid folder, an
+    earlier release's /tmp/fatdispatch/pyinstaller-hooks and per-uid name) with a hook-json.py; a relative XDG_CACHE_HOME sends the hooks to the temp folder.
     The planted hooks never run and the app still carries fatdemo's builds (from a fresh mkdtemp folder)."""
     pytest.importorskip("PyInstaller")
     if intruder_uid() is None:
@@ -128,11 +131,12 @@ def test_pyinstaller_never_reads_hooks_another_user_planted(demo_venv: Path, tmp
     marker = tmp_path / "planted-hook-ran"  # a planted hook runs as whoever runs PyInstaller: root here
     hook = PLANTED.format(marker=str(marker))
     try:
-        for folder in ("fatdispatch/pyinstaller-hooks", f"fatdispatch-pyinstaller-{os.geteuid()}"):
+        for folder in (f"fatdispatch-{os.geteuid()}/fatdispatch/pyinstaller-hooks", "fatdispatch/pyinstaller-hooks",
+                       f"fatdispatch-pyinstaller-{os.geteuid()}"):
             script = (f"umask 000; mkdir -p {shared}/{folder} && cat > {shared}/{folder}/hook-json.py && "
                       f"chmod 777 {shared}/{folder}")
             subprocess.run(["runuser", "-u", INTRUDER, "--", "sh", "-c", script], input=hook, text=True, check=True)
-        owner = (shared / f"fatdispatch-pyinstaller-{os.geteuid()}").stat().st_uid
+        owner = (shared / f"fatdispatch-{os.geteuid()}").stat().st_uid
         assert owner == intruder_uid() != os.geteuid()
         _build_with_planted_hooks(demo_venv, tmp_path, clean_env, shared, marker)
     finally:
@@ -142,7 +146,10 @@ def test_pyinstaller_never_reads_hooks_another_user_planted(demo_venv: Path, tmp
 def _build_with_planted_hooks(demo_venv: Path, tmp_path: Path, clean_env: dict[str, str], shared: Path,
                               marker: Path) -> None:
     env = {k: v for k, v in clean_env.items() if not k.startswith("FATDISPATCH_")}
-    env.update(XDG_CACHE_HOME="relative/cache", TMPDIR=str(shared))
+    home = tmp_path / "home"  # another user's: no ~/.cache is made there, so the hooks go to the temp folder
+    home.mkdir()
+    os.chown(home, intruder_uid(), -1)
+    env.update(HOME=str(home), XDG_CACHE_HOME="relative/cache", TMPDIR=str(shared))
     where = tmp_path / "build"
     where.mkdir()
     pyinstaller(demo_venv, where, env)

@@ -41,6 +41,9 @@ class Copy:
         self.cache_home = tmp_path / "cache"
         self.env = dict(clean_env, PYTHONPATH=str(self.site), XDG_CACHE_HOME=str(self.cache_home))
         self.env.pop("XDG_RUNTIME_DIR", None)
+        self.tmp = tmp_path / "tmp"  # TMPDIR, where fatdispatch's own last-resort folder would go
+        self.tmp.mkdir(mode=0o700)
+        self.env["TMPDIR"] = str(self.tmp)
         self.variants = self.site / "fatdemo" / "_core.variants"
         st = self.variants.stat()
         self.entry = self.cache_home / "fatdispatch" / "picks-v3" / f"{st.st_dev:x}-{st.st_ino:x}"
@@ -301,9 +304,11 @@ def test_fatdispatch_cache_0_never_deletes_a_valid_entry(copy: Copy, monkeypatch
 
 
 def test_unwritable_cache_folder_costs_nothing_more_and_is_said_once(copy: Copy, tmp_path: Path) -> None:
-    """A cache folder that cannot be made (under /proc: not even root can): the import works on the full path,
-    FATDISPATCH_VERBOSE says why there is no cache (once), and a private XDG_RUNTIME_DIR keeps the picks."""
-    env = dict(copy.env, XDG_CACHE_HOME="/proc/fatdispatch-cache", HOME="/proc/fatdispatch-cache")
+    """Cache folders that cannot be made (under /proc: not even root can), the temporary folder's too: the
+    import works on the full path, FATDISPATCH_VERBOSE says why there is no cache (once), and a private
+    XDG_RUNTIME_DIR keeps the picks."""
+    env = dict(copy.env, XDG_CACHE_HOME="/proc/fatdispatch-cache", HOME="/proc/fatdispatch-cache",
+               TMPDIR="/proc/fatdispatch-tmp")
     code = "import fatdemo, importlib; importlib.reload(fatdemo._core)"
     out = run([str(copy.py), "-c", code], env=dict(env, FATDISPATCH_VERBOSE="1"), cwd="/")
     assert out.stderr.count("pick cache cannot be written") == 1, out.stderr
@@ -326,6 +331,40 @@ def test_runtime_folder_keeps_picks_where_the_home_cannot_be_used(copy: Copy, tm
     copy.state(env=env)
     assert not (shared / "fatdispatch").exists()
     assert copy.state(env=env)["hit"] and list((run_dir / "fatdispatch" / "picks-v3").iterdir())
+
+
+def test_own_temporary_folder_keeps_picks_where_neither_home_nor_runtime_folder_can(copy: Copy,
+                                                                                    tmp_path: Path) -> None:
+    """A read-only home and no XDG_RUNTIME_DIR (containers, CI, batch jobs): the picks go to fatdispatch's own
+    $TMPDIR/fatdispatch-<uid>, made 0700 whatever the umask (here a sticky, world-writable TMPDIR like /tmp),
+    and the second import is a hit.  FATDISPATCH_VERBOSE names every folder tried where none can be used."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env = dict(copy.env, XDG_CACHE_HOME="/proc/fatdispatch-cache", HOME="/proc/fatdispatch-cache",
+               TMPDIR=str(shared) + "/")
+    first = run([str(copy.py), "-c", "import os; os.umask(0); " + STATE], env=env, cwd="/")
+    assert not json.loads(first.stdout)["hit"]
+    own = shared / f"fatdispatch-{os.geteuid()}"
+    chain = [own, own / "fatdispatch", own / "fatdispatch" / "picks-v3"]
+    assert [oct(p.stat().st_mode & 0o777) for p in chain] == ["0o700"] * 3
+    assert all(p.lstat().st_uid == os.geteuid() and not p.is_symlink() for p in chain)
+    assert [p.name for p in chain[-1].iterdir()] == [copy.entry.name]
+    second = copy.state(env=env)
+    assert second["hit"] and second["variant"] == json.loads(first.stdout)["variant"]
+    assert not copy.cache_home.exists()
+    # a relative TMPDIR is ignored (/tmp), as an unset one is; where none can be used, every folder is named
+    import _fatdispatch
+
+    bases = _fatdispatch.cache_bases({"HOME": "/h", "TMPDIR": "relative"})
+    assert bases == [("/h/.cache", False, False), (f"/tmp/fatdispatch-{os.geteuid()}", True, True)]
+    assert _fatdispatch.cache_bases({"HOME": "/h", "TMPDIR": "/"})[-1] == (f"/fatdispatch-{os.geteuid()}", True, True)
+    assert _fatdispatch.cache_bases({"HOME": "/h", "TMPDIR": "/x//"})[-1][0] == f"/x/fatdispatch-{os.geteuid()}"
+    assert len(_fatdispatch.cache_bases({"HOME": "/h", "TMPDIR": "/" + "x" * 5000})) == 1  # no folder can be there
+    none = dict(env, TMPDIR="/proc/fatdispatch-tmp", FATDISPATCH_VERBOSE="1")
+    said = run([str(copy.py), "-c", "import fatdemo"], env=none, cwd="/").stderr
+    assert said.count("pick cache cannot be written") == 1
+    assert "/proc/fatdispatch-cache" in said and f"/proc/fatdispatch-tmp/fatdispatch-{os.geteuid()}" in said, said
 
 
 def test_install_registers_all_or_none(tmp_path: Path) -> None:

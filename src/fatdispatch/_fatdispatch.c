@@ -74,7 +74,7 @@
 /* The manifest contract's two names (fatdispatch._manifest owns them; tests/test_layers.py checks they agree). */
 #define VARIANTS_SUFFIX ".variants"
 #define MANIFEST_NAME "manifest.json"
-#define CACHE_DIR "fatdispatch"          /* under $XDG_CACHE_HOME (or ~/.cache), else $XDG_RUNTIME_DIR */
+#define CACHE_DIR "fatdispatch"          /* under $XDG_CACHE_HOME (or ~/.cache), else $XDG_RUNTIME_DIR, else $TMPDIR/fatdispatch-<euid> */
 #define PICKS_DIR "picks-v3"
 #define PICKS_FORMAT "fatdispatch-pick 3"
 #define PICKS_KEEP 64                    /* entries kept (one per variants folder ever imported) */
@@ -551,13 +551,21 @@ static PyObject *py_load_extension(PyObject *self, PyObject *args)
 
 /* ================================================================ per-user files (written by fatdispatch._privfile) */
 
-/* The folders a per-user cache may live in, best first, as file-system bytes: $XDG_CACHE_HOME (or ~/.cache),
- * then $XDG_RUNTIME_DIR (a per-boot 0700 folder of this user's, which keeps picks where the home is read-only or
- * another user's; it must be private).  Relative values are ignored.  How many (0-2), or -1 with an exception. */
-static int bases(PyObject *env, char out[2][PATH_MAX], int must_be_private[2])
+/* The folders a per-user cache may live in, best first, as file-system bytes, with their kind:
+ * BASE_HOME, $XDG_CACHE_HOME (or ~/.cache: may be a symlink, as users move it, but must be this user's and
+ * writable by nobody else); BASE_RUNTIME, $XDG_RUNTIME_DIR (a per-boot 0700 folder of this user's, which keeps
+ * picks where the home is read-only or another user's; it must be private); BASE_OWN, fatdispatch's own
+ * $TMPDIR/fatdispatch-<euid> (else /tmp/...; for hosts with neither: containers, batch jobs), which
+ * fatdispatch creates 0700 itself and never reaches through a symlink, so another user can only deny it (by
+ * making that name first), never use it.  Relative values are ignored; a folder already listed is not listed
+ * again.  How many (0-3), or -1 with an exception. */
+enum { BASE_HOME, BASE_RUNTIME, BASE_OWN, NBASES };
+
+static int bases(PyObject *env, char out[NBASES][PATH_MAX], int kind[NBASES])
 {
-    char home[PATH_MAX];
-    int n = 0, rc = env_bytes(env, "XDG_CACHE_HOME", out[0], PATH_MAX - 32);
+    char home[PATH_MAX];  /* HOME, then TMPDIR */
+    int n = 0, i, rc = env_bytes(env, "XDG_CACHE_HOME", out[0], PATH_MAX - 32);
+    size_t len;
     if (rc == -1)
         return -1;
     if (rc == -2)  /* no such path can be used: as unset (so for the writer too, which asks the same) */
@@ -586,28 +594,105 @@ static int bases(PyObject *env, char out[2][PATH_MAX], int must_be_private[2])
             snprintf(out[0], PATH_MAX, "%.*s/.cache", PATH_MAX - 40, home);  /* home is shorter: says so to gcc */
     }
     if (out[0][0] == '/')
-        must_be_private[n++] = 0;
+        kind[n++] = BASE_HOME;
     rc = env_bytes(env, "XDG_RUNTIME_DIR", out[n], PATH_MAX - 32);
     if (rc == -1)
         return -1;
     if (rc > 0 && out[n][0] == '/' && (n == 0 || strcmp(out[0], out[1]) != 0))
-        must_be_private[n++] = 1;
+        kind[n++] = BASE_RUNTIME;
+    rc = env_bytes(env, "TMPDIR", home, PATH_MAX - 64);
+    if (rc == -1)
+        return -1;
+    if (rc == -2)  /* a TMPDIR no folder here can have: no folder of our own rather than another one */
+        return n;
+    if (rc == 0 || home[0] != '/')
+        strcpy(home, "/tmp");
+    for (len = strlen(home); len > 1 && home[len - 1] == '/'; len--)
+        home[len - 1] = 0;  /* "/tmp/" and "/tmp" name one folder */
+    snprintf(out[n], PATH_MAX, "%.*s/fatdispatch-%lu", PATH_MAX - 64, len == 1 ? "" : home,
+             (unsigned long)geteuid());
+    for (i = 0; i < n && strcmp(out[i], out[n]) != 0; i++)
+        ;
+    if (i == n)
+        kind[n++] = BASE_OWN;
     return n;
 }
 
-/* cache_bases(env) -> [(folder, must_be_private)] */
+/* cache_bases(env) -> [(folder, must_be_private, made_here)] */
 static PyObject *py_cache_bases(PyObject *self, PyObject *env)
 {
-    char out[2][PATH_MAX];
-    int priv[2], n = bases(env, out, priv), i;
+    char out[NBASES][PATH_MAX];
+    int kind[NBASES], n = bases(env, out, kind), i;
     PyObject *list = n < 0 ? NULL : PyList_New(0);
     for (i = 0; list != NULL && i < n; i++) {
-        PyObject *t = Py_BuildValue("(NO)", PyUnicode_DecodeFSDefault(out[i]), priv[i] ? Py_True : Py_False);
+        PyObject *t = Py_BuildValue("(NOO)", PyUnicode_DecodeFSDefault(out[i]),
+                                    kind[i] != BASE_HOME ? Py_True : Py_False, kind[i] == BASE_OWN ? Py_True : Py_False);
         if (t == NULL || PyList_Append(list, t) < 0)
             Py_CLEAR(list);
         Py_XDECREF(t);
     }
     return list;
+}
+
+/* The one rule for a folder of a per-user cache, for the writer (fatdispatch._privfile, through open_dir) and
+ * the reader (read_entry): opened as a folder, through a symlink only where follow (a home cache base: users
+ * move ~/.cache), and then this user's and writable by nobody else, or, where private, not even open to others.
+ * Its fd; or -1 with errno from the open, or with errno 0 and why (n bytes) saying which rule it breaks. */
+static int open_cache_dir(int dir_fd, const char *name, int follow, int private_, char *why, size_t n)
+{
+    struct stat st;
+    int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW)), e;
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) != 0) {
+        e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    if (st.st_uid != geteuid())
+        snprintf(why, n, "it belongs to uid %lu, not to this user (%lu)", (unsigned long)st.st_uid,
+                 (unsigned long)geteuid());
+    else if (st.st_mode & (private_ ? 077 : 022))
+        snprintf(why, n, "its mode %o lets others %s", (unsigned)(st.st_mode & 0777), private_ ? "in" : "write");
+    else
+        return fd;
+    close(fd);
+    errno = 0;
+    return -1;
+}
+
+/* open_dir(name, dir_fd, follow, private) -> (fd, None), or (-1, why) for a folder that breaks the rule;
+ * OSError where it cannot be opened. */
+static PyObject *py_open_dir(PyObject *self, PyObject *args)
+{
+    PyObject *name, *dir, *bname;
+    int follow, priv, dir_fd = AT_FDCWD, fd;
+    char why[160];
+    if (!PyArg_ParseTuple(args, "OOpp:open_dir", &name, &dir, &follow, &priv))
+        return NULL;
+    if (dir != Py_None) {
+        long v = PyLong_AsLong(dir);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        if (v < 0 || v > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "open_dir: dir_fd is not a file descriptor");
+            return NULL;
+        }
+        dir_fd = (int)v;
+    }
+    if (!PyUnicode_FSConverter(name, &bname))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    fd = open_cache_dir(dir_fd, PyBytes_AS_STRING(bname), follow, priv, why, sizeof(why));
+    Py_END_ALLOW_THREADS
+    if (fd < 0 && errno != 0) {
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        Py_DECREF(bname);
+        return NULL;
+    }
+    Py_DECREF(bname);
+    return fd >= 0 ? Py_BuildValue("(iO)", fd, Py_None) : Py_BuildValue("(is)", -1, why);
 }
 
 /* A private file of this user's (regular, mode 0600 or less, singly linked, at most limit bytes), opened without
@@ -1068,7 +1153,7 @@ typedef struct {
 /* The buffers of one entry read (on the heap: an import may run in a thread with a small stack). */
 typedef struct {
     char entry[PICKS_LIMIT + 1];
-    char base[2][PATH_MAX];
+    char base[NBASES][PATH_MAX];
     char path[PATH_MAX + 64];
 } fd_scratch;
 
@@ -1078,17 +1163,30 @@ typedef struct {
 static int read_entry(PyObject *env, const char *folder, fd_scratch *s, fd_span lines[ENTRY_FIELDS])
 {
     char name[48], *buf = s->entry;
-    int priv[2], nbases, i;
+    int kind[NBASES], nbases, i;
     if (pick_name_c(folder, name, sizeof(name)) != 0)
         return 0;
-    if ((nbases = bases(env, s->base, priv)) < 0)
+    if ((nbases = bases(env, s->base, kind)) < 0)
         return -1;
     for (i = 0; i < nbases; i++) {
         ssize_t n;
         size_t at = 0;
         int k;
-        snprintf(s->path, sizeof(s->path), "%s/" CACHE_DIR "/" PICKS_DIR "/%s", s->base[i], name);
-        n = read_private_c(AT_FDCWD, s->path, buf, PICKS_LIMIT);
+        int d0, d1, d2;
+        char why[160];
+        /* the folders as the writer opens them (no symlink but the home base itself, each this user's) */
+        n = -1;
+        if ((d0 = open_cache_dir(AT_FDCWD, s->base[i], kind[i] != BASE_OWN, kind[i] != BASE_HOME, why,
+                                 sizeof(why))) >= 0) {
+            if ((d1 = open_cache_dir(d0, CACHE_DIR, 0, 1, why, sizeof(why))) >= 0) {
+                if ((d2 = open_cache_dir(d1, PICKS_DIR, 0, 1, why, sizeof(why))) >= 0) {
+                    n = read_private_c(d2, name, buf, PICKS_LIMIT);
+                    close(d2);
+                }
+                close(d1);
+            }
+            close(d0);
+        }
         if (n <= 0 || buf[n - 1] != '\n')
             continue;
         for (k = 0; k < ENTRY_FIELDS && at < (size_t)n; k++) {
@@ -1482,7 +1580,12 @@ static PyMethodDef fd_lazy_methods[] = {
     {"load_extension", py_load_extension, METH_VARARGS,
      "load_extension(name, path, amx): load the extension at path as module name."},
     {"cache_bases", py_cache_bases, METH_O,
-     "cache_bases(env) -> [(folder, must_be_private)]: $XDG_CACHE_HOME or ~/.cache, then $XDG_RUNTIME_DIR."},
+     "cache_bases(env) -> [(folder, must_be_private, made_here)]: $XDG_CACHE_HOME or ~/.cache, then "
+     "$XDG_RUNTIME_DIR, then fatdispatch's own $TMPDIR/fatdispatch-<euid> (else /tmp/...)."},
+    {"open_dir", py_open_dir, METH_VARARGS,
+     "open_dir(name, dir_fd, follow, private) -> (fd, None), or (-1, why): a per-user cache folder, opened "
+     "(through a symlink only where follow) and checked: this user's, writable by nobody else (private: closed to "
+     "others)."},
     {"read_private", py_read_private, METH_VARARGS,
      "read_private(dir_fd, name, limit) -> bytes or None: a private regular file of this user's."},
     {"pick_name", py_pick_name, METH_O, "pick_name(variants_dir): the pick cache entry's name."},

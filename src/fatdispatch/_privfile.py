@@ -6,7 +6,7 @@ import _thread
 import os
 import time
 
-from _fatdispatch import CACHE_DIR, cache_bases
+from _fatdispatch import CACHE_DIR, cache_bases, open_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 class Unusable(OSError):
@@ -22,39 +21,36 @@ class Unusable(OSError):
 
 
 def _open_dir(name: "str", dir_fd: "int | None", create: "bool", follow: "bool", private: "bool") -> "int":
-    flags = os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC | (0 if follow else _O_NOFOLLOW)
+    """A cache folder opened and checked by :func:`_fatdispatch.open_dir` (the rule the import path's reader
+    applies too), made 0700 first where it is missing and ``create``.  A folder found in its place after
+    ``mkdir`` is checked like any other, never fixed up."""
     try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
+        fd, bad = open_dir(name, dir_fd, follow, private)
     except FileNotFoundError:
         if not create:
             raise
         os.mkdir(name, 0o700, dir_fd=dir_fd)
-        fd = os.open(name, flags, dir_fd=dir_fd)
-        os.fchmod(fd, 0o700)  # whatever the umask
-    st = os.fstat(fd)
-    bad = None
-    if st.st_uid != os.geteuid():
-        bad = f"it belongs to uid {st.st_uid}, not to this user ({os.geteuid()})"
-    elif st.st_mode & (0o077 if private else 0o022):
-        bad = f"its mode {st.st_mode & 0o777:o} lets others {'in' if private else 'write'}"
+        fd, bad = open_dir(name, dir_fd, follow, private)
     if bad is not None:
-        os.close(fd)
         raise Unusable(f"{name}: {bad}")
     return fd
 
 
 def open_private_dir(env: "Mapping[str, str]", sub: "str", create: "bool") -> "tuple[int, str]":
     """Open ``<base>/fatdispatch/<sub>`` in the first usable base of :func:`cache_bases`; a directory fd and
-    its path.  Created 0700 if ``create``.  The base may be a symlink (users move ``~/.cache``), but must be
-    this user's and writable by nobody else; ``fatdispatch`` and ``sub`` are opened without following
-    symlinks and must be private.  A missing base is only created where its parent is this user's (root
-    running with another user's ``HOME`` writes nothing there).  Raises :class:`OSError` saying why not."""
+    its path.  Created 0700 if ``create``.  The home base may be a symlink (users move ``~/.cache``), but must
+    be this user's and writable by nobody else; ``fatdispatch`` and ``sub`` are opened without following
+    symlinks and must be private.  A missing home base is only created where its parent is this user's (root
+    running with another user's ``HOME`` writes nothing there); ``XDG_RUNTIME_DIR`` is never created; the last
+    base, fatdispatch's own ``$TMPDIR/fatdispatch-<euid>``, is created 0700 and never reached through a
+    symlink, so another user who made that name first only leaves it unused.  Raises :class:`OSError` saying
+    why not."""
     problems = []
-    for base, private in cache_bases(env):
+    for base, private, own in cache_bases(env):
         fds: "list[int]" = []
         try:
             try:
-                fds.append(_open_dir(base, None, False, True, private))
+                fds.append(_open_dir(base, None, create and own, not own, private))
             except FileNotFoundError:
                 parent = os.path.dirname(base)
                 if not create or private or os.stat(parent).st_uid != os.geteuid():

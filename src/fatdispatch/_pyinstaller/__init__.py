@@ -8,9 +8,10 @@ build and the runtime picks among them exactly as in a normal install.  ``hook-f
 collects fatdispatch's own data and lazily imported modules.
 
 PyInstaller runs every hook file it finds in a hook folder, so that folder must be one no other user can write:
-the first of ``$XDG_CACHE_HOME/fatdispatch/pyinstaller-hooks``, ``$TMPDIR/fatdispatch-pyinstaller-<uid>`` and a
-fresh ``mkdtemp`` folder that is ours (owner), mode 0700, reached without a symlink and under parents only we
-or root can change (or sticky, like /tmp).  A folder that fails the check is never read, only passed over.
+the first of ``<cache>/fatdispatch/pyinstaller-hooks`` (``<cache>`` the first usable of ``$XDG_CACHE_HOME``,
+``$XDG_RUNTIME_DIR`` and ``$TMPDIR/fatdispatch-<uid>``, as for the pick cache) and a fresh ``mkdtemp``
+folder that is ours (owner), mode 0700, reached without a symlink and under parents only we or root can change
+(or sticky, like /tmp).  A folder that fails the check is never read, only passed over.
 Nothing here raises into PyInstaller (which would log one warning, exit 0 and build an app without its fat
 packages): a failure is printed on stderr saying what the app will miss.
 """
@@ -88,28 +89,39 @@ def private_dir(path: str) -> str:
 
 
 def _cache_hooks_dir(env: Mapping[str, str]) -> str:
-    """The hooks folder in fatdispatch's per-user cache, made and checked as every private folder is
-    (:func:`fatdispatch._privfile.open_private_dir`: no symlink followed, this user's, 0700)."""
+    """The hooks folder in fatdispatch's per-user cache (its home base, ``XDG_RUNTIME_DIR`` or its own
+    ``$TMPDIR/fatdispatch-<uid>``), made and checked as every private folder is
+    (:func:`fatdispatch._privfile.open_private_dir`: no symlink followed, this user's, 0700), and under parents
+    no other user can swap (PyInstaller reads the hooks by path, later)."""
     from .._privfile import open_private_dir
 
     fd, path = open_private_dir(env, HOOKS_FOLDER, True)
-    os.close(fd)
-    return path
+    try:
+        real = os.path.realpath(path)
+        st, now = os.fstat(fd), os.lstat(real)
+        if stat.S_ISLNK(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise PermissionError(f"{path}: the folder checked is not the one its path now names")
+    finally:
+        os.close(fd)
+    why = _safe_parents(real)  # so the path keeps naming the folder checked until PyInstaller reads it
+    if why:
+        raise PermissionError(f"{real}: {why}")
+    return real
 
 
 def hook_dir_candidates(env: Mapping[str, str]) -> list[Callable[[], str]]:
     """Where the generated hooks may go, best first; each call returns a private folder or raises OSError."""
-    out: list[Callable[[], str]] = [lambda: _cache_hooks_dir(env)]
-    tmp = tempfile.gettempdir()
-    out.append(lambda: private_dir(os.path.join(tmp, f"fatdispatch-pyinstaller-{os.geteuid()}")))
-    out.append(lambda: private_dir(tempfile.mkdtemp(prefix="fatdispatch-pyinstaller-")))  # new, 0700, ours
-    return out
+    return [lambda: _cache_hooks_dir(env),
+            lambda: private_dir(tempfile.mkdtemp(prefix="fatdispatch-pyinstaller-"))]  # new, 0700, ours
 
 
 def write_hooks(folder: str, packages: list[str]) -> None:
     """Write ``hook-<package>.py`` for each package into the private ``folder`` (never through a symlink)."""
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
+        st = os.fstat(dfd)
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PermissionError(f"{folder}: not a private folder of this user's")
         for pkg in packages:
             data = hook_text(pkg).encode()
             fd = os.open(f"hook-{pkg}.py", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
