@@ -1172,19 +1172,16 @@ static int read_entry(PyObject *env, const char *folder, fd_scratch *s, fd_span 
         ssize_t n;
         size_t at = 0;
         int k;
-        int d0, d1, d2;
+        int d0;
         char why[160];
-        /* the folders as the writer opens them (no symlink but the home base itself, each this user's) */
+        /* The base as the writer opens it: no symlink but a home base's own, and this user's, writable by no
+         * one else.  What lies inside it only this user (or root) can have made, so the rest of the way is
+         * opened at once (the entry itself refused if it is a symlink). */
         n = -1;
         if ((d0 = open_cache_dir(AT_FDCWD, s->base[i], kind[i] != BASE_OWN, kind[i] != BASE_HOME, why,
                                  sizeof(why))) >= 0) {
-            if ((d1 = open_cache_dir(d0, CACHE_DIR, 0, 1, why, sizeof(why))) >= 0) {
-                if ((d2 = open_cache_dir(d1, PICKS_DIR, 0, 1, why, sizeof(why))) >= 0) {
-                    n = read_private_c(d2, name, buf, PICKS_LIMIT);
-                    close(d2);
-                }
-                close(d1);
-            }
+            snprintf(s->path, sizeof(s->path), CACHE_DIR "/" PICKS_DIR "/%s", name);
+            n = read_private_c(d0, s->path, buf, PICKS_LIMIT);
             close(d0);
         }
         if (n <= 0 || buf[n - 1] != '\n')
