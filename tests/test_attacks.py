@@ -275,3 +275,22 @@ def test_a_temporary_folder_planted_as_a_symlink_leads_nowhere(world: dict) -> N
         out = state(world, VICTIM, dict(NO_HOME, TMPDIR=str(shared)))
         assert out["ok"] and not out["hit"]
     assert snapshot(picks) == before and sorted(p.name for p in precious.iterdir()) == ["fatdispatch"]
+
+
+def test_a_cache_folder_another_user_made_inside_the_victims_base_is_not_read(world: dict) -> None:
+    """The victim's own cache base (theirs, 0755 today) holds a `fatdispatch` folder another user made while the
+    base was open to others, with the victim's own valid pick inside: the reader refuses that folder as the
+    writer does, so the import is no hit, and nothing is written there."""
+    victim, attacker = world["victim"], world["attacker"]
+    cache = owned_dir(world["root"] / "cache11", victim, 0o755)
+    env = {"HOME": str(cache), "XDG_CACHE_HOME": str(cache)}
+    assert not state(world, VICTIM, env)["hit"]
+    assert state(world, VICTIM, env)["hit"]  # the victim's valid pick
+    made = cache / "fatdispatch"
+    os.chown(made, attacker.pw_uid, attacker.pw_gid)
+    made.chmod(0o777)
+    before = snapshot(made / "picks-v3")
+    for _ in range(2):
+        out = state(world, VICTIM, env)
+        assert out["ok"] and not out["hit"]
+    assert snapshot(made / "picks-v3") == before

@@ -299,3 +299,20 @@ def test_qemu_prefix_adds_nothing_for_a_plain_command(tmp_path: Path) -> None:
     assert qemu_prefix("qemu-x86_64", "Nehalem", [sys.executable, "-c", "pass"], {}) == ["qemu-x86_64", "-cpu",
                                                                                          "Nehalem"]
     assert qemu_prefix("q", "qemu64", [str(fake)], {})[3:5] == ["-E", f"_PYI_ARCHIVE_FILE={fake}"]
+
+
+def test_hooks_pass_over_a_cache_base_under_parents_others_could_change(tmp_path: Path) -> None:
+    """A home cache that is private itself but lies in a folder anyone may write (not sticky): PyInstaller reads
+    hooks by path, so that base is passed over for the next, fatdispatch's own temporary folder (not a new
+    mkdtemp folder per build)."""
+    from fatdispatch._pyinstaller import _cache_hooks_dir
+
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    base = loose / "cache"
+    base.mkdir(mode=0o700)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(mode=0o700)
+    got = _cache_hooks_dir({"XDG_CACHE_HOME": str(base), "TMPDIR": str(tmp)})
+    assert got == str(tmp / f"fatdispatch-{os.geteuid()}" / "fatdispatch" / "pyinstaller-hooks")

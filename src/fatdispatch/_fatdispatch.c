@@ -666,7 +666,7 @@ static int open_cache_dir(int dir_fd, const char *name, int follow, int private_
  * OSError where it cannot be opened. */
 static PyObject *py_open_dir(PyObject *self, PyObject *args)
 {
-    PyObject *name, *dir, *bname;
+    PyObject *name, *dir, *bname, *r;
     int follow, priv, dir_fd = AT_FDCWD, fd;
     char why[160];
     if (!PyArg_ParseTuple(args, "OOpp:open_dir", &name, &dir, &follow, &priv))
@@ -692,7 +692,11 @@ static PyObject *py_open_dir(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_DECREF(bname);
-    return fd >= 0 ? Py_BuildValue("(iO)", fd, Py_None) : Py_BuildValue("(is)", -1, why);
+    if (fd < 0)
+        return Py_BuildValue("(is)", -1, why);
+    if ((r = Py_BuildValue("(iO)", fd, Py_None)) == NULL)
+        close(fd);
+    return r;
 }
 
 /* A private file of this user's (regular, mode 0600 or less, singly linked, at most limit bytes), opened without
@@ -1172,16 +1176,21 @@ static int read_entry(PyObject *env, const char *folder, fd_scratch *s, fd_span 
         ssize_t n;
         size_t at = 0;
         int k;
-        int d0;
+        int d0, d1, d2;
         char why[160];
-        /* The base as the writer opens it: no symlink but a home base's own, and this user's, writable by no
-         * one else.  What lies inside it only this user (or root) can have made, so the rest of the way is
-         * opened at once (the entry itself refused if it is a symlink). */
+        /* The folders as the writer opens them, by the one rule: no symlink but a home base's own, each this
+         * user's and writable by no one else (what a folder allows today says nothing of who made what inside
+         * it while it was open to others). */
         n = -1;
         if ((d0 = open_cache_dir(AT_FDCWD, s->base[i], kind[i] != BASE_OWN, kind[i] != BASE_HOME, why,
                                  sizeof(why))) >= 0) {
-            snprintf(s->path, sizeof(s->path), CACHE_DIR "/" PICKS_DIR "/%s", name);
-            n = read_private_c(d0, s->path, buf, PICKS_LIMIT);
+            if ((d1 = open_cache_dir(d0, CACHE_DIR, 0, 1, why, sizeof(why))) >= 0) {
+                if ((d2 = open_cache_dir(d1, PICKS_DIR, 0, 1, why, sizeof(why))) >= 0) {
+                    n = read_private_c(d2, name, buf, PICKS_LIMIT);
+                    close(d2);
+                }
+                close(d1);
+            }
             close(d0);
         }
         if (n <= 0 || buf[n - 1] != '\n')

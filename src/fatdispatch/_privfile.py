@@ -36,15 +36,17 @@ def _open_dir(name: "str", dir_fd: "int | None", create: "bool", follow: "bool",
     return fd
 
 
-def open_private_dir(env: "Mapping[str, str]", sub: "str", create: "bool") -> "tuple[int, str]":
+def open_private_dir(env: "Mapping[str, str]", sub: "str", create: "bool",
+                     accept: "Callable[[int, str], None] | None" = None) -> "tuple[int, str]":
     """Open ``<base>/fatdispatch/<sub>`` in the first usable base of :func:`cache_bases`; a directory fd and
     its path.  Created 0700 if ``create``.  The home base may be a symlink (users move ``~/.cache``), but must
     be this user's and writable by nobody else; ``fatdispatch`` and ``sub`` are opened without following
     symlinks and must be private.  A missing home base is only created where its parent is this user's (root
     running with another user's ``HOME`` writes nothing there); ``XDG_RUNTIME_DIR`` is never created; the last
     base, fatdispatch's own ``$TMPDIR/fatdispatch-<euid>``, is created 0700 and never reached through a
-    symlink, so another user who made that name first only leaves it unused.  Raises :class:`OSError` saying
-    why not."""
+    symlink, so another user who made that name first only leaves it unused.  ``accept(fd, path)``, where
+    given, may refuse a folder that passed (raising :class:`OSError`), and the next base is tried.  Raises
+    :class:`OSError` saying why not."""
     problems = []
     for base, private, own in cache_bases(env):
         fds: "list[int]" = []
@@ -58,10 +60,16 @@ def open_private_dir(env: "Mapping[str, str]", sub: "str", create: "bool") -> "t
                 fds.append(_open_dir(base, None, True, True, private))
             fds.append(_open_dir(CACHE_DIR, fds[-1], create, False, True))
             fds.append(_open_dir(sub, fds[-1], create, False, True))
-            fd = fds.pop()
-            return fd, os.path.join(base, CACHE_DIR, sub)
+            path = os.path.join(base, CACHE_DIR, sub)
+            if accept is not None:
+                accept(fds[-1], path)
+            return fds.pop(), path
         except OSError as exc:
-            problems.append(f"{base}: {exc.strerror or exc}" if not isinstance(exc, Unusable) else f"{base}/{exc}")
+            if isinstance(exc, Unusable):
+                problems.append(f"{base}/{exc}")
+            else:  # the folder of the chain it is about, where it is not the base
+                where = base if exc.filename in (None, base) else f"{base} ({exc.filename})"
+                problems.append(f"{where}: {exc.strerror or exc}")
         finally:
             for d in fds:
                 os.close(d)

@@ -95,18 +95,20 @@ def _cache_hooks_dir(env: Mapping[str, str]) -> str:
     no other user can swap (PyInstaller reads the hooks by path, later)."""
     from .._privfile import open_private_dir
 
-    fd, path = open_private_dir(env, HOOKS_FOLDER, True)
-    try:
+    def safe(fd: int, path: str) -> None:
         real = os.path.realpath(path)
         st, now = os.fstat(fd), os.lstat(real)
         if stat.S_ISLNK(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             raise PermissionError(f"{path}: the folder checked is not the one its path now names")
-    finally:
-        os.close(fd)
-    why = _safe_parents(real)  # so the path keeps naming the folder checked until PyInstaller reads it
-    if why:
-        raise PermissionError(f"{real}: {why}")
-    return real
+        why = _safe_parents(real)  # so the path keeps naming the folder checked until PyInstaller reads it
+        if why:
+            raise PermissionError(f"{real}: {why}")
+        found.append(real)
+
+    found: list[str] = []
+    fd, _ = open_private_dir(env, HOOKS_FOLDER, True, safe)  # a base whose parents fail: the next one
+    os.close(fd)
+    return found[-1]
 
 
 def hook_dir_candidates(env: Mapping[str, str]) -> list[Callable[[], str]]:
