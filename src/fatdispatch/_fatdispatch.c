@@ -635,9 +635,25 @@ static PyObject *py_cache_bases(PyObject *self, PyObject *env)
 }
 
 /* The one rule for a folder of a per-user cache, for the writer (fatdispatch._privfile, through open_dir) and
- * the reader (read_entry): opened as a folder, through a symlink only where follow (a home cache base: users
- * move ~/.cache), and then this user's and writable by nobody else, or, where private, not even open to others.
- * Its fd; or -1 with errno from the open, or with errno 0 and why (n bytes) saying which rule it breaks. */
+ * the reader (read_entry): a folder (reached through a symlink only where follow: a home cache base, as users
+ * move ~/.cache) that is this user's and writable by nobody else, or, where private, not even open to others.
+ * 0 where st keeps it, else -1 with why (n bytes) saying which part it breaks. */
+static int cache_dir_ok(const struct stat *st, int private_, char *why, size_t n)
+{
+    if (!S_ISDIR(st->st_mode))
+        snprintf(why, n, "it is not a folder");
+    else if (st->st_uid != geteuid())
+        snprintf(why, n, "it belongs to uid %lu, not to this user (%lu)", (unsigned long)st->st_uid,
+                 (unsigned long)geteuid());
+    else if (st->st_mode & (private_ ? 077 : 022))
+        snprintf(why, n, "its mode %o lets others %s", (unsigned)(st->st_mode & 0777), private_ ? "in" : "write");
+    else
+        return 0;
+    return -1;
+}
+
+/* A cache folder opened (O_NOFOLLOW unless follow) and checked by cache_dir_ok: its fd; or -1 with errno from
+ * the open, or with errno 0 and why. */
 static int open_cache_dir(int dir_fd, const char *name, int follow, int private_, char *why, size_t n)
 {
     struct stat st;
@@ -650,12 +666,7 @@ static int open_cache_dir(int dir_fd, const char *name, int follow, int private_
         errno = e;
         return -1;
     }
-    if (st.st_uid != geteuid())
-        snprintf(why, n, "it belongs to uid %lu, not to this user (%lu)", (unsigned long)st.st_uid,
-                 (unsigned long)geteuid());
-    else if (st.st_mode & (private_ ? 077 : 022))
-        snprintf(why, n, "its mode %o lets others %s", (unsigned)(st.st_mode & 0777), private_ ? "in" : "write");
-    else
+    if (cache_dir_ok(&st, private_, why, n) == 0)
         return fd;
     close(fd);
     errno = 0;
@@ -1176,20 +1187,22 @@ static int read_entry(PyObject *env, const char *folder, fd_scratch *s, fd_span 
         ssize_t n;
         size_t at = 0;
         int k;
-        int d0, d1, d2;
+        int d0;
+        struct stat st;
         char why[160];
-        /* The folders as the writer opens them, by the one rule: no symlink but a home base's own, each this
-         * user's and writable by no one else (what a folder allows today says nothing of who made what inside
-         * it while it was open to others). */
+        /* The folders the writer opens, by the same rule: the base opened and checked (no symlink but a home
+         * base's own), then fatdispatch/ and picks-v3/ looked at without following a link, each this user's
+         * and private (what a folder allows today says nothing of who made what inside it while it was open
+         * to others).  Once a folder is this user's and writable by no one else, no one else can swap what
+         * it holds, so the entry is then opened from the base in one call. */
         n = -1;
         if ((d0 = open_cache_dir(AT_FDCWD, s->base[i], kind[i] != BASE_OWN, kind[i] != BASE_HOME, why,
                                  sizeof(why))) >= 0) {
-            if ((d1 = open_cache_dir(d0, CACHE_DIR, 0, 1, why, sizeof(why))) >= 0) {
-                if ((d2 = open_cache_dir(d1, PICKS_DIR, 0, 1, why, sizeof(why))) >= 0) {
-                    n = read_private_c(d2, name, buf, PICKS_LIMIT);
-                    close(d2);
-                }
-                close(d1);
+            if (fstatat(d0, CACHE_DIR, &st, AT_SYMLINK_NOFOLLOW) == 0 && cache_dir_ok(&st, 1, why, sizeof(why)) == 0 &&
+                fstatat(d0, CACHE_DIR "/" PICKS_DIR, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                cache_dir_ok(&st, 1, why, sizeof(why)) == 0) {
+                snprintf(s->path, sizeof(s->path), CACHE_DIR "/" PICKS_DIR "/%s", name);
+                n = read_private_c(d0, s->path, buf, PICKS_LIMIT);
             }
             close(d0);
         }
