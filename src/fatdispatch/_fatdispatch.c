@@ -74,7 +74,8 @@
 /* The manifest contract's two names (fatdispatch._manifest owns them; tests/test_layers.py checks they agree). */
 #define VARIANTS_SUFFIX ".variants"
 #define MANIFEST_NAME "manifest.json"
-#define CACHE_DIR "fatdispatch"          /* under $XDG_CACHE_HOME (or ~/.cache), else $XDG_RUNTIME_DIR, else $TMPDIR/fatdispatch-<euid> */
+/* under $XDG_CACHE_HOME (or ~/.cache), else $XDG_RUNTIME_DIR, else $TMPDIR/fatdispatch-<euid> (see bases()) */
+#define CACHE_DIR "fatdispatch"
 #define PICKS_DIR "picks-v3"
 #define PICKS_FORMAT "fatdispatch-pick 3"
 #define PICKS_KEEP 64                    /* entries kept (one per variants folder ever imported) */
@@ -625,8 +626,8 @@ static PyObject *py_cache_bases(PyObject *self, PyObject *env)
     int kind[NBASES], n = bases(env, out, kind), i;
     PyObject *list = n < 0 ? NULL : PyList_New(0);
     for (i = 0; list != NULL && i < n; i++) {
-        PyObject *t = Py_BuildValue("(NOO)", PyUnicode_DecodeFSDefault(out[i]),
-                                    kind[i] != BASE_HOME ? Py_True : Py_False, kind[i] == BASE_OWN ? Py_True : Py_False);
+        PyObject *priv = kind[i] != BASE_HOME ? Py_True : Py_False, *own = kind[i] == BASE_OWN ? Py_True : Py_False;
+        PyObject *t = Py_BuildValue("(NOO)", PyUnicode_DecodeFSDefault(out[i]), priv, own);
         if (t == NULL || PyList_Append(list, t) < 0)
             Py_CLEAR(list);
         Py_XDECREF(t);
@@ -673,25 +674,35 @@ static int open_cache_dir(int dir_fd, const char *name, int follow, int private_
     return -1;
 }
 
+/* A dir_fd argument of fn: None (AT_FDCWD) or a file descriptor, into *out; 0, or -1 with an exception. */
+static int dir_fd_arg(PyObject *dir, const char *fn, int *out)
+{
+    long v;
+    if (dir == Py_None) {
+        *out = AT_FDCWD;
+        return 0;
+    }
+    v = PyLong_AsLong(dir);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: dir_fd is not a file descriptor", fn);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
 /* open_dir(name, dir_fd, follow, private) -> (fd, None), or (-1, why) for a folder that breaks the rule;
  * OSError where it cannot be opened. */
 static PyObject *py_open_dir(PyObject *self, PyObject *args)
 {
     PyObject *name, *dir, *bname, *r;
-    int follow, priv, dir_fd = AT_FDCWD, fd;
+    int follow, priv, dir_fd, fd;
     char why[160];
-    if (!PyArg_ParseTuple(args, "OOpp:open_dir", &name, &dir, &follow, &priv))
+    if (!PyArg_ParseTuple(args, "OOpp:open_dir", &name, &dir, &follow, &priv) ||
+        dir_fd_arg(dir, "open_dir", &dir_fd) < 0)
         return NULL;
-    if (dir != Py_None) {
-        long v = PyLong_AsLong(dir);
-        if (v == -1 && PyErr_Occurred())
-            return NULL;
-        if (v < 0 || v > INT_MAX) {
-            PyErr_SetString(PyExc_ValueError, "open_dir: dir_fd is not a file descriptor");
-            return NULL;
-        }
-        dir_fd = (int)v;
-    }
     if (!PyUnicode_FSConverter(name, &bname))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
@@ -731,21 +742,12 @@ static PyObject *py_read_private(PyObject *self, PyObject *args)
 {
     PyObject *dir, *name, *bname, *r = NULL;
     Py_ssize_t limit;
-    int dir_fd = AT_FDCWD;
+    int dir_fd;
     char *buf;
     ssize_t n;
-    if (!PyArg_ParseTuple(args, "OOn:read_private", &dir, &name, &limit))
+    if (!PyArg_ParseTuple(args, "OOn:read_private", &dir, &name, &limit) ||
+        dir_fd_arg(dir, "read_private", &dir_fd) < 0)
         return NULL;
-    if (dir != Py_None) {
-        long v = PyLong_AsLong(dir);
-        if (v == -1 && PyErr_Occurred())
-            return NULL;
-        if (v < 0 || v > INT_MAX) {
-            PyErr_SetString(PyExc_ValueError, "read_private: dir_fd is not a file descriptor");
-            return NULL;
-        }
-        dir_fd = (int)v;
-    }
     if (limit < 0)
         limit = 0;
     if (!PyUnicode_FSConverter(name, &bname))
