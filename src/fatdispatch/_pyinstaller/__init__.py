@@ -119,11 +119,12 @@ def hook_dir_candidates(env: Mapping[str, str]) -> list[Callable[[], str]]:
 
 def write_hooks(folder: str, packages: list[str]) -> None:
     """Write ``hook-<package>.py`` for each package into the private ``folder`` (never through a symlink)."""
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    from _fatdispatch import open_dir  # the cache folders' rule: no symlink, this user's, writable by no one else
+
+    dfd, bad = open_dir(folder, None, False, False)
+    if bad is not None:
+        raise PermissionError(f"{folder}: {bad}")
     try:
-        st = os.fstat(dfd)
-        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise PermissionError(f"{folder}: not a private folder of this user's")
         for pkg in packages:
             data = hook_text(pkg).encode()
             fd = os.open(f"hook-{pkg}.py", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
