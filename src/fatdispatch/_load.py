@@ -219,12 +219,14 @@ def confinement_roots(variants_dir: "str") -> "tuple[str, ...]":
     """Where a build of ``variants_dir`` may really lie: inside the folder itself, or, for an install made of
     symlinks (uv's symlink link mode, stow ``--no-folding``, Bazel runfiles, Spack views), inside the folder
     that really holds the manifest: the same installed tree.  A build folder swapped for a symlink out of
-    the package lies in neither."""
-    roots = [os.path.realpath(variants_dir)]
-    manifest_root = os.path.dirname(os.path.realpath(os.path.join(variants_dir, MANIFEST_NAME)))
-    if manifest_root not in roots:
-        roots.append(manifest_root)
-    return tuple(roots)
+    the package lies in neither.  One walk of the path where the manifest is no symlink (the usual install):
+    then it really lies in the folder itself."""
+    real = os.path.realpath(variants_dir)
+    manifest = os.path.join(real, MANIFEST_NAME)
+    if not os.path.islink(manifest):
+        return (real,)
+    manifest_root = os.path.dirname(os.path.realpath(manifest))
+    return (real,) if manifest_root == real else (real, manifest_root)
 
 
 def resolve_file(variants_dir: "str", variant: "Variant") -> "tuple[str | None, str]":
