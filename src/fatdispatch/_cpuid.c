@@ -258,7 +258,7 @@ static PyObject *names_set(native_state *st, unsigned long long mask)
         if (!((mask >> i) & 1))
             continue;
         /* each name is made the first time a set holds it, and not interned: adding some forty strings to
-         * the interpreter's interned table cost ~17 us on a cold probe here, more than the CPUID instructions */
+         * the interpreter's interned table cost ~17 us, a third of a cold probe's first call on this VM */
         if (st->names[i] == NULL && (st->names[i] = PyUnicode_FromString(FD_BITS[i].name)) == NULL) {
             Py_DECREF(set);
             return NULL;
