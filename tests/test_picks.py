@@ -333,6 +333,33 @@ def test_runtime_folder_keeps_picks_where_the_home_cannot_be_used(copy: Copy, tm
     assert copy.state(env=env)["hit"] and list((run_dir / "fatdispatch" / "picks-v3").iterdir())
 
 
+def test_a_pick_that_fails_to_load_is_forgotten_in_whichever_folder_holds_it(copy: Copy, tmp_path: Path) -> None:
+    """The import path takes the first entry it finds in any base, so a pick that no longer loads is removed from
+    every base holding one: here the entry was written to XDG_RUNTIME_DIR while the home could not be used,
+    and the home's folders exist by now (another fat package's picks).  Before: only the first base with the
+    folders was cleaned, so the entry stayed, and every import tried it again before deciding afresh."""
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o777)  # not usable: anyone may write there
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    env = dict(copy.env, XDG_CACHE_HOME=str(home), XDG_RUNTIME_DIR=str(run_dir))
+    first = copy.state(env=env)
+    entry = run_dir / "fatdispatch" / "picks-v3" / copy.entry.name
+    assert entry.exists() and not (home / "fatdispatch").exists()
+    home.chmod(0o700)
+    (home / "fatdispatch" / "picks-v3").mkdir(mode=0o700, parents=True)
+    (home / "fatdispatch").chmod(0o700)
+    import _fatdispatch
+
+    shutil.copyfile(_fatdispatch.__file__, copy.so(first["variant"]))  # an ELF file without PyInit__core
+    second = copy.state(env=env)
+    assert not second["hit"] and second["variant"] != first["variant"]
+    assert second["attempts"][0][0] == first["variant"] and "PyInit__core" in second["attempts"][0][1]
+    assert not entry.exists() and not list((home / "fatdispatch" / "picks-v3").iterdir())
+    assert not copy.state(env=env)["hit"]  # a fallback is never remembered: decided afresh while the build fails
+
+
 def test_own_temporary_folder_keeps_picks_where_neither_home_nor_runtime_folder_can(copy: Copy,
                                                                                     tmp_path: Path) -> None:
     """A read-only home and no XDG_RUNTIME_DIR (containers, CI, batch jobs): the picks go to fatdispatch's own

@@ -22,7 +22,7 @@ import _fatdispatch
 
 from ._env import gpu_cache_allowed
 from ._manifest import json_loads
-from ._privfile import open_private_dir, remove_private, write_private
+from ._privfile import open_private_dir, remove_everywhere, write_private
 from ._records import GPU, GPUs, no_gpus
 
 TYPE_CHECKING = False
@@ -120,14 +120,7 @@ def write_cache(env: "Mapping[str, str]", key: "str", gpus: "GPUs") -> "None":
 
 
 def drop_cache(env: "Mapping[str, str]") -> "None":
-    try:
-        fd, _ = open_private_dir(env, CACHE_DIR, False)
-    except OSError:
-        return
-    try:
-        remove_private(fd, CACHE_FILE)
-    finally:
-        os.close(fd)
+    remove_everywhere(env, CACHE_DIR, CACHE_FILE)
 
 
 # ---------------------------------------------------------------- asking NVML

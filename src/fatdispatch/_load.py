@@ -17,7 +17,7 @@ import _fatdispatch
 from ._cpu import probe_cpu, probe_raw
 from ._env import BUILD_VARIABLES, KNOWN_VARIABLES, boolean, cache_allowed, cpu_only_force, force_for, unknown_variables
 from ._manifest import MANIFEST_NAME, VARIANTS_SUFFIX, read_manifest
-from ._privfile import open_private_dir, prune_private, remove_private, write_private
+from ._privfile import open_private_dir, prune_private, remove_everywhere, write_private
 from ._records import NO_GPU_PROBE, Hardware, LoadRecord, Manifest, Selection, Variant, no_gpus
 from ._select import effective_hardware, format_selection, select
 
@@ -359,16 +359,13 @@ def remember_pick(variants_dir: "str", entry: "bytes", env: "Mapping[str, str]")
 
 
 def forget_pick(variants_dir: "str", env: "Mapping[str, str]") -> "None":
-    """Drop the entry of ``variants_dir`` (its pick did not load cleanly)."""
+    """Drop the entry of ``variants_dir`` (its pick did not load cleanly) from every cache folder holding one:
+    the import path takes the first entry it finds, in whichever base."""
     try:
         name = _fatdispatch.pick_name(variants_dir)
-        dir_fd, _ = open_private_dir(env, _fatdispatch.PICKS_DIR, False)
     except OSError:
         return
-    try:
-        remove_private(dir_fd, name)
-    finally:
-        os.close(dir_fd)
+    remove_everywhere(env, _fatdispatch.PICKS_DIR, name)
 
 
 def _warn_fallback(name: "str", build: "str", attempts: "list[tuple[str, str]]") -> "None":

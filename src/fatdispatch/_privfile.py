@@ -36,6 +36,41 @@ def _open_dir(name: "str", dir_fd: "int | None", create: "bool", follow: "bool",
     return fd
 
 
+def _open_base(base: "str", private: "bool", own: "bool", create: "bool") -> "int":
+    """A cache base opened and checked; where it is missing and ``create``, made 0700 if it is fatdispatch's own
+    temporary folder, or a home base whose parent is this user's (never a runtime folder)."""
+    try:
+        return _open_dir(base, None, False, not own, private)
+    except FileNotFoundError:
+        if not create or (not own and (private or os.stat(os.path.dirname(base)).st_uid != os.geteuid())):
+            raise
+    os.mkdir(base, 0o700)  # then checked like any folder found there
+    return _open_dir(base, None, False, not own, private)
+
+
+def _open_chain(base: "str", private: "bool", own: "bool", sub: "str", create: "bool",
+                accept: "Callable[[int, str], None] | None") -> "tuple[int, str]":
+    """``<base>/fatdispatch/<sub>`` opened and checked, as :func:`open_private_dir` says; :class:`OSError` why not."""
+    fds = [_open_base(base, private, own, create)]
+    try:
+        fds.append(_open_dir(CACHE_DIR, fds[-1], create, False, True))
+        fds.append(_open_dir(sub, fds[-1], create, False, True))
+        path = os.path.join(base, CACHE_DIR, sub)
+        if accept is not None:
+            accept(fds[-1], path)
+        return fds.pop(), path
+    finally:
+        for d in fds:
+            os.close(d)
+
+
+def _problem(base: "str", exc: "OSError") -> "str":
+    if isinstance(exc, Unusable):
+        return f"{base}/{exc}"
+    where = base if exc.filename in (None, base) else f"{base} ({exc.filename})"  # the chain's folder it is about
+    return f"{where}: {exc.strerror or exc}"
+
+
 def open_private_dir(env: "Mapping[str, str]", sub: "str", create: "bool",
                      accept: "Callable[[int, str], None] | None" = None) -> "tuple[int, str]":
     """Open ``<base>/fatdispatch/<sub>`` in the first usable base of :func:`cache_bases`; a directory fd and
@@ -49,31 +84,25 @@ def open_private_dir(env: "Mapping[str, str]", sub: "str", create: "bool",
     :class:`OSError` saying why not."""
     problems = []
     for base, private, own in cache_bases(env):
-        fds: "list[int]" = []
         try:
-            try:
-                fds.append(_open_dir(base, None, create and own, not own, private))
-            except FileNotFoundError:
-                parent = os.path.dirname(base)
-                if not create or private or os.stat(parent).st_uid != os.geteuid():
-                    raise
-                fds.append(_open_dir(base, None, True, True, private))
-            fds.append(_open_dir(CACHE_DIR, fds[-1], create, False, True))
-            fds.append(_open_dir(sub, fds[-1], create, False, True))
-            path = os.path.join(base, CACHE_DIR, sub)
-            if accept is not None:
-                accept(fds[-1], path)
-            return fds.pop(), path
+            return _open_chain(base, private, own, sub, create, accept)
         except OSError as exc:
-            if isinstance(exc, Unusable):
-                problems.append(f"{base}/{exc}")
-            else:  # the folder of the chain it is about, where it is not the base
-                where = base if exc.filename in (None, base) else f"{base} ({exc.filename})"
-                problems.append(f"{where}: {exc.strerror or exc}")
-        finally:
-            for d in fds:
-                os.close(d)
+            problems.append(_problem(base, exc))
     raise Unusable("; ".join(problems) or "no cache folder: neither XDG_CACHE_HOME nor HOME is an absolute path")
+
+
+def remove_everywhere(env: "Mapping[str, str]", sub: "str", name: "str") -> "None":
+    """Remove our file ``name`` from ``<base>/fatdispatch/<sub>`` in every usable base that has that folder
+    (creating nothing): a reader takes the first base holding an entry, which need not be the first base."""
+    for base, private, own in cache_bases(env):
+        try:
+            fd, _ = _open_chain(base, private, own, sub, False, None)
+        except OSError:
+            continue
+        try:
+            remove_private(fd, name)
+        finally:
+            os.close(fd)
 
 
 def write_private(dir_fd: "int", name: "str", data: "bytes") -> "None":
