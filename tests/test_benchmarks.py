@@ -37,3 +37,18 @@ def test_import_split_tiny(tmp_path: Path) -> None:
     assert fat["import _fatdispatch"] > 0 and fat["from . import _core"] > 0 and plain["from . import _core"] > 0
     assert plain["import _fatdispatch"] == plain["install(...)"] == 0  # the twin has no wiring line
     assert "pick cache answered: True" in p.stdout
+
+
+def test_first_split_tiny(tmp_path: Path) -> None:
+    """The split of a first import runs: every import it times decided afresh (none answered by the pick cache),
+    the full path's modules found and timed, and every step of the work after them timed in both cache homes."""
+    p = run([sys.executable, str(ROOT / "benchmarks" / "first_split.py"), "--tiny", "--out", str(tmp_path)])
+    (out,) = tmp_path.glob("*-first.json")
+    r = json.loads(out.read_text())
+    assert r["runs"] == 3 and {"fatdispatch._load", "fatdispatch._select", "fatdispatch._manifest"} <= set(r["modules"])
+    m = r["median_us"]
+    assert all(m[f"module {name} (-X importtime, own)"] > 0 for name in r["modules"])
+    for home in ("new cache home", "cache folders exist"):
+        assert all(m[f"{home}: {step}"] > 0 for step in ("read_manifest", "select", "remember", "load_extension"))
+    assert m["first: import fatdemo"] > m["cache folders exist: import fatdemo"] > 0
+    assert "added by the first import over the twin" in p.stdout
