@@ -304,7 +304,7 @@ def test_qemu_prefix_adds_nothing_for_a_plain_command(tmp_path: Path) -> None:
 def test_hooks_pass_over_a_cache_base_under_parents_others_could_change(tmp_path: Path) -> None:
     """A home cache that is private itself but lies in a folder anyone may write (not sticky): PyInstaller reads
     hooks by path, so that base is passed over for the next, fatdispatch's own temporary folder (not a new
-    mkdtemp folder per build)."""
+    mkdtemp folder per build), and nothing is made in the base passed over."""
     from fatdispatch._pyinstaller import _cache_hooks_dir
 
     loose = tmp_path / "loose"
@@ -316,3 +316,4 @@ def test_hooks_pass_over_a_cache_base_under_parents_others_could_change(tmp_path
     tmp.mkdir(mode=0o700)
     got = _cache_hooks_dir({"XDG_CACHE_HOME": str(base), "TMPDIR": str(tmp)})
     assert got == str(tmp / f"fatdispatch-{os.geteuid()}" / "fatdispatch" / "pyinstaller-hooks")
+    assert list(base.iterdir()) == []

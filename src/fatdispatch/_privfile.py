@@ -53,12 +53,11 @@ def _open_chain(base: "str", private: "bool", own: "bool", sub: "str", create: "
     """``<base>/fatdispatch/<sub>`` opened and checked, as :func:`open_private_dir` says; :class:`OSError` why not."""
     fds = [_open_base(base, private, own, create)]
     try:
+        if accept is not None:
+            accept(fds[-1], base)  # before anything is made inside a base it refuses
         fds.append(_open_dir(CACHE_DIR, fds[-1], create, False, True))
         fds.append(_open_dir(sub, fds[-1], create, False, True))
-        path = os.path.join(base, CACHE_DIR, sub)
-        if accept is not None:
-            accept(fds[-1], path)
-        return fds.pop(), path
+        return fds.pop(), os.path.join(base, CACHE_DIR, sub)
     finally:
         for d in fds:
             os.close(d)
@@ -79,9 +78,9 @@ def open_private_dir(env: "Mapping[str, str]", sub: "str", create: "bool",
     symlinks and must be private.  A missing home base is only created where its parent is this user's (root
     running with another user's ``HOME`` writes nothing there); ``XDG_RUNTIME_DIR`` is never created; the last
     base, fatdispatch's own ``$TMPDIR/fatdispatch-<euid>``, is created 0700 and never reached through a
-    symlink, so another user who made that name first only leaves it unused.  ``accept(fd, path)``, where
-    given, may refuse a folder that passed (raising :class:`OSError`), and the next base is tried.  Raises
-    :class:`OSError` saying why not."""
+    symlink, so another user who made that name first only leaves it unused.  ``accept(fd, base)``, where
+    given, may refuse a base that passed (raising :class:`OSError`) before anything is made in it, and the next
+    base is tried.  Raises :class:`OSError` saying why not."""
     problems = []
     for base, private, own in cache_bases(env):
         try:

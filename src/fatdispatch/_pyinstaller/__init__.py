@@ -93,17 +93,23 @@ def _cache_hooks_dir(env: Mapping[str, str]) -> str:
     ``$TMPDIR/fatdispatch-<uid>``), made and checked as every private folder is
     (:func:`fatdispatch._privfile.open_private_dir`: no symlink followed, this user's, 0700), and under parents
     no other user can swap (PyInstaller reads the hooks by path, later)."""
+    from _fatdispatch import CACHE_DIR
+
     from .._privfile import open_private_dir
 
-    def safe(fd: int, path: str) -> None:
-        real = os.path.realpath(path)
+    def safe(fd: int, base: str) -> None:
+        # The base is this user's and writable by nobody else, and the two folders below it are opened without
+        # following symlinks and private: with parents no other user can change, the path keeps naming the
+        # folder checked until PyInstaller reads it.  Checked before those folders are made, so a base passed
+        # over is left as it was.
+        real = os.path.realpath(base)
         st, now = os.fstat(fd), os.lstat(real)
         if stat.S_ISLNK(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise PermissionError(f"{path}: the folder checked is not the one its path now names")
-        why = _safe_parents(real)  # so the path keeps naming the folder checked until PyInstaller reads it
+            raise PermissionError(f"{base}: the folder checked is not the one its path now names")
+        why = _safe_parents(real)
         if why:
             raise PermissionError(f"{real}: {why}")
-        found.append(real)
+        found.append(os.path.join(real, CACHE_DIR, HOOKS_FOLDER))
 
     found: list[str] = []
     fd, _ = open_private_dir(env, HOOKS_FOLDER, True, safe)  # a base whose parents fail: the next one
