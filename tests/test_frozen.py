@@ -317,3 +317,36 @@ def test_hooks_pass_over_a_cache_base_under_parents_others_could_change(tmp_path
     got = _cache_hooks_dir({"XDG_CACHE_HOME": str(base), "TMPDIR": str(tmp)})
     assert got == str(tmp / f"fatdispatch-{os.geteuid()}" / "fatdispatch" / "pyinstaller-hooks")
     assert list(base.iterdir()) == []
+
+
+def test_hooks_folder_is_named_by_its_resolved_path(tmp_path: Path) -> None:
+    """A home cache reached through a symlink (users move ``~/.cache``): the hooks folder is named by its real
+    path, so whoever could swap the link later cannot change where PyInstaller reads hooks from."""
+    from fatdispatch._pyinstaller import _cache_hooks_dir
+
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    got = _cache_hooks_dir({"XDG_CACHE_HOME": str(link), "TMPDIR": str(tmp_path / "unused")})
+    assert got == str(real / "fatdispatch" / "pyinstaller-hooks") and os.path.realpath(got) == got
+    assert Path(got).is_dir()
+
+
+def test_hooks_refuse_a_base_whose_path_no_longer_names_the_folder_checked(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder opened and checked must be the one its resolved path names when the hooks path is handed on:
+    a path that now names another folder (a link swapped between the open and the resolution, here by making
+    ``realpath`` answer another safe folder of ours) is refused, and the next base used."""
+    from fatdispatch._pyinstaller import _cache_hooks_dir
+
+    base, other, tmp = tmp_path / "base", tmp_path / "other", tmp_path / "tmp"
+    for d in (base, other, tmp):
+        d.mkdir(mode=0o700)
+    real_realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath",
+                        lambda p, **kw: str(other) if str(p) == str(base) else real_realpath(p, **kw))
+    got = _cache_hooks_dir({"XDG_CACHE_HOME": str(base), "TMPDIR": str(tmp)})
+    monkeypatch.undo()
+    assert got == str(tmp / f"fatdispatch-{os.geteuid()}" / "fatdispatch" / "pyinstaller-hooks")
+    assert list(other.iterdir()) == []

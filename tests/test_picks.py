@@ -173,6 +173,57 @@ def test_cache_keeps_one_small_file_per_folder_and_prunes_only_its_own_entries(t
     assert not Path(where, ".stale.1.2.tmp").exists()
 
 
+def test_forgetting_a_pick_follows_no_link_out_of_the_private_folders(tmp_path: Path) -> None:
+    """``remove_everywhere`` (a pick or GPU facts that failed to load) unlinks only inside a checked private
+    chain: a ``fatdispatch`` link in the home base, a ``picks-v3`` link in the runtime folder and an own
+    temporary base planted as a link each lead to a folder holding a file of that name, and none is touched;
+    the same name in a real private chain is removed."""
+    from fatdispatch._privfile import remove_everywhere
+
+    name = "0123abcd-4567ef"
+    outside = [tmp_path / f"outside{i}" for i in range(3)]
+    for i, o in enumerate(outside):
+        (o / "picks-v3").mkdir(parents=True)
+        (o / "fatdispatch" / "picks-v3").mkdir(parents=True)
+        for f in (o / "picks-v3" / name, o / "fatdispatch" / "picks-v3" / name):
+            f.write_text(f"someone else's file {i}")
+    home, run_dir, tmp = tmp_path / "home", tmp_path / "run", tmp_path / "tmp"
+    for d in (home, run_dir, tmp):
+        d.mkdir(mode=0o700)
+    (home / "fatdispatch").symlink_to(outside[0])
+    (run_dir / "fatdispatch").mkdir(mode=0o700)
+    (run_dir / "fatdispatch" / "picks-v3").symlink_to(outside[1] / "picks-v3")
+    (tmp / f"fatdispatch-{os.geteuid()}").symlink_to(outside[2])
+    env = {"XDG_CACHE_HOME": str(home), "XDG_RUNTIME_DIR": str(run_dir), "TMPDIR": str(tmp)}
+    remove_everywhere(env, "picks-v3", name)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob(f"outside*/**/{name}"))
+    assert len(left) == 6, left
+    ours = tmp_path / "ours"
+    (ours / "fatdispatch" / "picks-v3").mkdir(parents=True, mode=0o700)
+    for d in (ours, ours / "fatdispatch"):
+        d.chmod(0o700)
+    (ours / "fatdispatch" / "picks-v3" / name).write_text("ours")
+    remove_everywhere(dict(env, XDG_CACHE_HOME=str(ours)), "picks-v3", name)
+    assert not (ours / "fatdispatch" / "picks-v3" / name).exists()
+
+
+def test_a_missing_runtime_folder_is_never_made_even_under_a_parent_of_ours(tmp_path: Path) -> None:
+    """``XDG_RUNTIME_DIR`` belongs to the session manager: where it is missing (its parent ours or not) the picks
+    go to the next base, and it is not created."""
+    from fatdispatch._privfile import open_private_dir
+
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)  # the home base cannot be used
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(mode=0o700)
+    env = {"XDG_CACHE_HOME": str(loose), "XDG_RUNTIME_DIR": str(tmp_path / "run"), "TMPDIR": str(tmp)}
+    fd, where = open_private_dir(env, "picks-v3", True)
+    os.close(fd)
+    assert where == str(tmp / f"fatdispatch-{os.geteuid()}" / "fatdispatch" / "picks-v3")
+    assert not (tmp_path / "run").exists() and list(loose.iterdir()) == []
+
+
 def test_a_replaced_build_file_is_not_trusted(copy: Copy) -> None:
     """The cached file is loaded again only while it is the very inode that was checked: a replaced file goes
     through the full path and its checks first."""

@@ -100,8 +100,8 @@ def _cache_hooks_dir(env: Mapping[str, str]) -> str:
     def safe(fd: int, base: str) -> None:
         # The base is this user's and writable by nobody else, and the two folders below it are opened without
         # following symlinks and private: with parents no other user can change, the path keeps naming the
-        # folder checked until PyInstaller reads it.  Checked before those folders are made, so a base passed
-        # over is left as it was.
+        # folder checked until PyInstaller reads it.  Checked before those folders are made, so nothing is made
+        # inside a base passed over (a missing base itself is made first, empty and 0700, as the pick cache would).
         real = os.path.realpath(base)
         st, now = os.fstat(fd), os.lstat(real)
         if stat.S_ISLNK(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
