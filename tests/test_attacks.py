@@ -184,6 +184,23 @@ def test_root_with_another_users_home_creates_nothing_there(world: dict) -> None
     assert out["ok"] and not (home / ".cache").exists()
 
 
+def test_root_with_another_users_home_writes_nothing_where_their_cache_link_points(world: dict) -> None:
+    """The other user's ``~/.cache`` is their symlink to a folder of root's (as ``/etc`` would be): it passes the
+    base's own checks (root's, writable by nobody else), but that user chose it, so root's import writes nothing
+    there and still works."""
+    victim = world["victim"]
+    home = owned_dir(world["root"] / "alice5b", victim, 0o755)
+    roots = world["root"] / "roots5b"
+    roots.mkdir(mode=0o755)
+    (roots / "keep").write_text("root's own file")
+    link = home / ".cache"
+    link.symlink_to(roots)
+    os.lchown(link, victim.pw_uid, victim.pw_gid)
+    out = state(world, None, {"HOME": str(home)})
+    assert out["ok"] and not out["hit"]
+    assert sorted(p.name for p in roots.iterdir()) == ["keep"]
+
+
 def test_umask_000_still_makes_private_folders(world: dict) -> None:
     victim = world["victim"]
     home = owned_dir(world["root"] / "home6", victim, 0o755)

@@ -38,14 +38,29 @@ def _open_dir(name: "str", dir_fd: "int | None", create: "bool", follow: "bool",
 
 def _open_base(base: "str", private: "bool", own: "bool", create: "bool") -> "int":
     """A cache base opened and checked; where it is missing and ``create``, made 0700 if it is fatdispatch's own
-    temporary folder, or a home base whose parent is this user's (never a runtime folder)."""
+    temporary folder, or a home base whose parent is this user's (never a runtime folder).  A home base is
+    written (``create``) only where its parent is this user's or root's: in another user's folder that user
+    decides what the name is (a link to any folder of ours, such as root's ``/etc`` for root run with their
+    ``HOME``), so nothing is written there."""
     try:
-        return _open_dir(base, None, False, not own, private)
+        fd = _open_dir(base, None, False, not own, private)
     except FileNotFoundError:
         if not create or (not own and (private or os.stat(os.path.dirname(base)).st_uid != os.geteuid())):
             raise
-    os.mkdir(base, 0o700)  # then checked like any folder found there
-    return _open_dir(base, None, False, not own, private)
+        os.mkdir(base, 0o700)  # then checked like any folder found there
+        return _open_dir(base, None, False, not own, private)
+    if create and not own and not private:
+        parent = os.path.dirname(base)
+        try:
+            uid = os.stat(parent).st_uid
+        except OSError:
+            os.close(fd)
+            raise
+        if uid not in (os.geteuid(), 0):
+            os.close(fd)
+            raise Unusable(f"{base}: its folder {parent} is uid {uid}'s, so that user decides what this name "
+                           "is: nothing is written there")
+    return fd
 
 
 def _open_chain(base: "str", private: "bool", own: "bool", sub: "str", create: "bool",
@@ -64,8 +79,8 @@ def _open_chain(base: "str", private: "bool", own: "bool", sub: "str", create: "
 
 
 def _problem(base: "str", exc: "OSError") -> "str":
-    if isinstance(exc, Unusable):
-        return f"{base}/{exc}"
+    if isinstance(exc, Unusable):  # about the base itself, or a folder of the chain named from it
+        return str(exc) if str(exc).startswith(f"{base}:") else f"{base}/{exc}"
     where = base if exc.filename in (None, base) else f"{base} ({exc.filename})"  # the chain's folder it is about
     return f"{where}: {exc.strerror or exc}"
 
@@ -75,12 +90,13 @@ def open_private_dir(env: "Mapping[str, str]", sub: "str", create: "bool",
     """Open ``<base>/fatdispatch/<sub>`` in the first usable base of :func:`cache_bases`; a directory fd and
     its path.  Created 0700 if ``create``.  The home base may be a symlink (users move ``~/.cache``), but must
     be this user's and writable by nobody else; ``fatdispatch`` and ``sub`` are opened without following
-    symlinks and must be private.  A missing home base is only created where its parent is this user's (root
-    running with another user's ``HOME`` writes nothing there); ``XDG_RUNTIME_DIR`` is never created; the last
-    base, fatdispatch's own ``$TMPDIR/fatdispatch-<euid>``, is created 0700 and never reached through a
-    symlink, so another user who made that name first only leaves it unused.  ``accept(fd, base)``, where
-    given, may refuse a base that passed (raising :class:`OSError`) before anything is made in it, and the next
-    base is tried.  Raises :class:`OSError` saying why not."""
+    symlinks and must be private.  A missing home base is only created where its parent is this user's, and
+    one found is only written where its parent is this user's or root's (root running with another user's
+    ``HOME`` writes nothing there, nor where their ``~/.cache`` link points); ``XDG_RUNTIME_DIR`` is never
+    created; the last base, fatdispatch's own ``$TMPDIR/fatdispatch-<euid>``, is created 0700 and never
+    reached through a symlink, so another user who made that name first only leaves it unused.
+    ``accept(fd, base)``, where given, may refuse a base that passed (raising :class:`OSError`) before
+    anything is made in it, and the next base is tried.  Raises :class:`OSError` saying why not."""
     problems = []
     for base, private, own in cache_bases(env):
         try:
