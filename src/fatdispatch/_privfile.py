@@ -42,25 +42,20 @@ def _open_base(base: "str", private: "bool", own: "bool", create: "bool") -> "in
     written (``create``) only where its parent is this user's or root's: in another user's folder that user
     decides what the name is (a link to any folder of ours, such as root's ``/etc`` for root run with their
     ``HOME``), so nothing is written there."""
-    try:
-        fd = _open_dir(base, None, False, not own, private)
-    except FileNotFoundError:
-        if not create or (not own and (private or os.stat(os.path.dirname(base)).st_uid != os.geteuid())):
-            raise
-        os.mkdir(base, 0o700)  # then checked like any folder found there
-        return _open_dir(base, None, False, not own, private)
-    if create and not own and not private:
+    parent_uid = None
+    if create and not own and not private:  # a home base to write in
         parent = os.path.dirname(base)
-        try:
-            uid = os.stat(parent).st_uid
-        except OSError:
-            os.close(fd)
+        parent_uid = os.stat(parent).st_uid
+        if parent_uid not in (os.geteuid(), 0):
+            raise Unusable(f"{base}: its folder {parent} is uid {parent_uid}'s, so that user decides what this "
+                           "name is: nothing is written there")
+    try:
+        return _open_dir(base, None, False, not own, private)
+    except FileNotFoundError:
+        if not create or not (own or parent_uid == os.geteuid()):
             raise
-        if uid not in (os.geteuid(), 0):
-            os.close(fd)
-            raise Unusable(f"{base}: its folder {parent} is uid {uid}'s, so that user decides what this name "
-                           "is: nothing is written there")
-    return fd
+    os.mkdir(base, 0o700)  # then checked like any folder found there
+    return _open_dir(base, None, False, not own, private)
 
 
 def _open_chain(base: "str", private: "bool", own: "bool", sub: "str", create: "bool",
