@@ -201,6 +201,17 @@ def test_root_with_another_users_home_writes_nothing_where_their_cache_link_poin
     assert sorted(p.name for p in roots.iterdir()) == ["keep"]
 
 
+def test_a_missing_home_cache_is_made_only_in_a_folder_of_the_users_own(world: dict) -> None:
+    """``XDG_CACHE_HOME`` names a missing folder in a shared sticky folder of root's (as ``/tmp`` is): the user
+    may write there, but the name is not theirs to claim, so the import makes nothing and still works."""
+    shared = world["root"] / "shared5c"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    out = state(world, VICTIM, {"HOME": str(shared), "XDG_CACHE_HOME": str(shared / "vcache")})
+    assert out["ok"] and not out["hit"]
+    assert list(shared.iterdir()) == []
+
+
 def test_umask_000_still_makes_private_folders(world: dict) -> None:
     victim = world["victim"]
     home = owned_dir(world["root"] / "home6", victim, 0o755)
